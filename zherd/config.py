@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.server import Limits
+
 PROVIDERS = ("geonames", "google", "google-legacy")
 DEFAULT_ENDPOINTS = {
     "google": "https://places.googleapis.com",
@@ -66,14 +68,6 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
-class LimitsConfig:
-    max_line: int = 64 * 1024  # bytes; longer lines get "? <cut line>"
-    idle_timeout: float = 300.0  # seconds a client may stay silent
-    max_clients: int = 10_000  # open client connections per server
-    max_pending_output: int = 1024 * 1024  # bytes queued for a client that does not read
-
-
-@dataclass(frozen=True)
 class Topology:
     path: Path
     servers: Mapping[str, ServerConfig]
@@ -81,7 +75,7 @@ class Topology:
     places: PlacesConfig = field(default_factory=PlacesConfig)
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(Path("logs")))
     storage: StorageConfig = field(default_factory=lambda: StorageConfig(None))
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    limits: Limits = field(default_factory=Limits)
 
     def neighbors(self, name: str) -> tuple[str, ...]:
         """Permitted neighbors of a server, sorted for a stable wiring order."""
@@ -156,7 +150,9 @@ def _links(raw: Any, servers: Mapping[str, ServerConfig], where: str) -> frozens
         raise ConfigError(f"{where}: links must be a list of [a, b] pairs")
     links = set()
     for link in raw:
-        if not (isinstance(link, list) and len(link) == 2 and all(isinstance(s, str) for s in link)):
+        if not (
+            isinstance(link, list) and len(link) == 2 and all(isinstance(s, str) for s in link)
+        ):
             raise ConfigError(f"{where}: link {link!r} must be a pair of server names")
         for name in link:
             if name not in servers:
@@ -208,17 +204,18 @@ def _storage(raw: Mapping[str, Any], base: Path, where: str) -> StorageConfig:
     return StorageConfig(folder if enabled else None, interval)
 
 
-def _limits(raw: Mapping[str, Any], where: str) -> LimitsConfig:
+def _limits(raw: Mapping[str, Any], where: str) -> Limits:
     at = f"{where}: [limits]"
-    d = LimitsConfig()
+    d = Limits()
     _known(raw, set(d.__dataclass_fields__), at)
-    return LimitsConfig(
+    return Limits(
         max_line=int(_positive(raw, "max_line", d.max_line, at, integer=True)),
         idle_timeout=_positive(raw, "idle_timeout", d.idle_timeout, at),
         max_clients=int(_positive(raw, "max_clients", d.max_clients, at, integer=True)),
         max_pending_output=int(
             _positive(raw, "max_pending_output", d.max_pending_output, at, integer=True)
         ),
+        max_inflight=int(_positive(raw, "max_inflight", d.max_inflight, at, integer=True)),
     )
 
 

@@ -7,6 +7,7 @@ provider is chosen by `[places] provider` in topology.toml.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from zherd.config import ConfigError, PlacesConfig
@@ -28,7 +29,7 @@ class PlacesProvider(Protocol):
         ...
 
 
-def make_provider(config: PlacesConfig, environ: os._Environ[str] | dict[str, str] | None = None) -> PlacesProvider:
+def make_provider(config: PlacesConfig, environ: Mapping[str, str] | None = None) -> PlacesProvider:
     """Build the configured provider; a Google provider without a key is a ConfigError."""
     environ = os.environ if environ is None else environ
     if config.provider == "geonames":
@@ -39,7 +40,7 @@ def make_provider(config: PlacesConfig, environ: os._Environ[str] | dict[str, st
     if not key:
         raise ConfigError(
             f"[places] provider {config.provider!r} needs an API key in the environment "
-            f"variable {config.api_key_env} (set it, or use provider = \"geonames\")"
+            f'variable {config.api_key_env} (set it, or use provider = "geonames")'
         )
     from zherd.places.google import make_google_provider
 

@@ -1,0 +1,3 @@
+from zherd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""One herd server: the one place that wires store, storage, bus, gateway and places.
+
+Everything runs on one event loop. An IAMAT or a neighbor's update that is newer
+goes into the store; a flush is then scheduled for the end of this loop turn, so
+updates that arrive together leave together (one message per neighbor) while a
+lone update still leaves at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from loguru import logger
+
+from gateway.protocol import Location
+from gateway.server import Gateway
+from zherd import logs, wire
+from zherd.bus import Bus
+from zherd.config import Topology
+from zherd.places import PlacesProvider, make_provider
+from zherd.replication import Replicator
+from zherd.storage import Cursors, Storage
+from zherd.store import Entry, Store
+
+RETRY_BLOCKED = 0.01  # seconds before resending to a neighbor whose queue was full
+
+
+class Node:
+    def __init__(self, topology: Topology, name: str, *, storage: bool = True) -> None:
+        self.topology = topology
+        self.config = topology.servers[name]
+        self.name = name
+        self.neighbors = topology.neighbors(name)
+        self.epoch = secrets.randbits(62) | 1  # new every boot: tells a restart from a cut
+        self.store = Store()
+        self.storage = (
+            Storage(topology.storage.dir / f"{name}.sqlite3")
+            if storage and topology.storage.dir is not None
+            else None
+        )
+        self.replicator = Replicator(name, self.epoch, self.neighbors, self.store)
+        self.places: PlacesProvider = make_provider(topology.places)
+        self.gateway = Gateway(self, topology.limits)
+        self.bus: Bus | None = None
+        self.malformed = 0  # bus frames that were not messages, or not from a neighbor
+        self._flush_pending = False
+        self._sent: list[tuple[str, wire.Message]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    # gateway.server.Node
+
+    def record(self, location: Location) -> None:
+        entry = self.store.put(location)
+        if entry is not None:
+            self._stored(entry)
+
+    def lookup(self, client_id: str) -> Location | None:
+        return self.store.get(client_id)
+
+    async def find_places(
+        self, lat: float, lon: float, radius_km: float, count: int
+    ) -> dict[str, Any]:
+        return await self.places.nearby(lat, lon, radius_km, count)
+
+    def trace(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
+        lines = [f"<- {logs.text(line)}" for line in received]
+        lines += [f"-> {logs.text(line)}" for line in sent.rstrip(b"\n").split(b"\n") if sent]
+        logger.info(logs.block(f"client {peer}", lines))
+
+    def note(self, message: str) -> None:
+        logger.info(message)
+
+    # lifecycle
+
+    async def run(self, ready: Callable[[], None] = lambda: None) -> None:
+        """Serve until SIGTERM/SIGINT (or `stop()`), then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        self._restore()
+        self.bus = Bus(
+            self.name,
+            f"tcp://{self.config.host}:{self.config.bus_port}",
+            {n: self.topology.servers[n].bus_endpoint for n in self.neighbors},
+            self._delivered,
+        )
+        await self.gateway.start(self.config.host, self.config.port)
+        await self.places.start()
+        self.bus.start()
+        self.replicator.start(loop.time(), self._send)
+        self._schedule_flush()
+        self._tasks.append(asyncio.create_task(self._ticks()))
+        if self.storage is not None:
+            interval = self.topology.storage.flush_interval
+            self._tasks.append(asyncio.create_task(self.storage.run(interval, self._cursors)))
+        logger.info(
+            f"{self.name} up: clients on {self.config.host}:{self.config.port}, "
+            f"neighbors {', '.join(self.neighbors) or '(none)'} via bus port "
+            f"{self.config.bus_port}, epoch {self.epoch:x}, {len(self.store)} locations"
+        )
+        ready()
+        await self._stopping.wait()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _restore(self) -> None:
+        if self.storage is None:
+            return
+        saved = self.storage.open()
+        self.store.restore(saved.entries)
+        for peer, (epoch, seq) in saved.cursors.items():
+            if peer in self.replicator.inbound:
+                self.replicator.inbound[peer].epoch = epoch
+                self.replicator.inbound[peer].seq = seq
+        logger.info(
+            f"storage {self.storage.path}: {len(saved.entries)} locations restored"
+            + (f", {saved.skipped} invalid rows skipped" if saved.skipped else "")
+        )
+
+    async def _shutdown(self) -> None:
+        logger.info(f"{self.name} shutting down")
+        for task in self._tasks:
+            task.cancel()
+        await self.gateway.close()
+        self._flush()
+        if self.storage is not None:
+            await self.storage.close(self._cursors())
+        await self.places.close()
+        if self.bus is not None:
+            self.bus.close()
+        logger.info(f"{self.name} stopped")
+        logger.complete()
+
+    # the herd side
+
+    def _stored(self, entry: Entry) -> None:
+        if self.storage is not None:
+            self.storage.mark(entry)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self.bus is None:
+            return
+        if not self.replicator.flush(self._send):
+            self._flush_pending = True
+            asyncio.get_running_loop().call_later(RETRY_BLOCKED, self._flush)
+        self._log_sent()
+
+    def _send(self, peer: str, message: wire.Message) -> bool:
+        assert self.bus is not None
+        sent = self.bus.send(peer, wire.encode(message))
+        if sent and not isinstance(message, wire.Heartbeat):
+            self._sent.append((peer, message))
+        return sent
+
+    def _delivered(self, batch: Sequence[tuple[str, bytes]], dropped: Sequence[bytes]) -> None:
+        """A drained batch of neighbor messages: apply, then log it as one record."""
+        now = asyncio.get_running_loop().time()
+        lines: list[str] = []
+        for peer, payload in batch:
+            message = wire.decode(payload)
+            if message is None:
+                self.malformed += 1
+                lines.append(f"!! {peer}: malformed message dropped ({len(payload)} bytes)")
+                continue
+            invalid = self.replicator.counters.invalid
+            for entry in self.replicator.receive(peer, message, now, self._send):
+                self._stored(entry)
+            if not isinstance(message, wire.Heartbeat):
+                lines.extend(_describe(f"<- {peer}", message))
+            if self.replicator.counters.invalid > invalid:
+                bad = self.replicator.counters.invalid - invalid
+                lines.append(f"!! {peer}: {bad} invalid records dropped")
+        for routing_id in dropped:
+            self.malformed += 1
+            lines.append(f"!! frame from non-neighbor {routing_id!r} dropped")
+        self._schedule_flush()  # replies (a Sync, a restarted stream) leave with the flush
+        self._log_events()
+        if lines:
+            logger.log("WARNING" if dropped else "INFO", logs.block("bus", lines))
+        self._log_sent()
+
+    def _cursors(self) -> Cursors:
+        return {p: (s.epoch, s.seq) for p, s in self.replicator.inbound.items() if s.epoch}
+
+    async def _ticks(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.replicator.heartbeat)
+            self.replicator.tick(loop.time(), self._send)
+            self._log_events()
+            self._flush()
+
+    def _log_events(self) -> None:
+        for event in self.replicator.events:
+            logger.info(event)
+        self.replicator.events.clear()
+
+    def _log_sent(self) -> None:
+        if self._sent:
+            lines = [ln for peer, m in self._sent for ln in _describe(f"-> {peer}", m)]
+            self._sent.clear()
+            logger.info(logs.block("bus", lines))
+
+
+def _describe(prefix: str, message: wire.Message) -> list[str]:
+    if isinstance(message, wire.Updates):
+        head = f"{prefix}: updates ({message.first}, {message.last}] epoch {message.epoch:x}"
+        return [head] + [f"   {_record(r)}" for r in message.records]
+    if isinstance(message, wire.Sync):
+        known = f"{message.known_seq} of epoch {message.known_epoch:x}"
+        return [f"{prefix}: sync from epoch {message.epoch:x}, holding {known}"]
+    return [f"{prefix}: {message}"]
+
+
+def _record(record: Any) -> str:
+    """A flooded record as the AT line it stands for (or its repr, if it is not one)."""
+    if isinstance(record, tuple) and len(record) == 5 and all(type(f) is str for f in record):
+        client_id, coords, time, origin, skew = record
+        return f"AT {origin} {skew} {client_id} {coords} {time}"
+    return repr(record)[:200]
+
+
+def serve(
+    topology: Topology, name: str, *, storage: bool = True, ready: Callable[[], None] = lambda: None
+) -> None:
+    """Run one server in this process until it is told to stop; `ready` once it listens."""
+    logs.setup(name, topology.logging)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    started = time.monotonic()
+
+    async def main() -> None:
+        node = Node(topology, name, storage=storage)
+
+        def announce() -> None:
+            logger.info(f"ready in {time.monotonic() - started:.3f} s")
+            ready()
+
+        await node.run(announce)
+
+    asyncio.run(main())
