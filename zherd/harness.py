@@ -1,0 +1,212 @@
+"""Real herds on free loopback ports, for the tests and the bench scripts.
+
+Each server is a real `zherd serve` process; the harness writes a topology with
+ports the kernel just handed out, waits until every server says it listens,
+and stops exactly the processes it started, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from zherd.launcher import READY
+
+PAPER_LINKS = (
+    ("Alford", "Parker"),
+    ("Alford", "Powell"),
+    ("Bolden", "Parker"),
+    ("Bolden", "Powell"),
+    ("Hamilton", "Parker"),
+)
+PAPER_SERVERS = ("Alford", "Bolden", "Hamilton", "Parker", "Powell")
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free right now on 127.0.0.1 (held open together, so no repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def topology_toml(
+    ports: Mapping[str, tuple[int, int]],
+    links: Iterable[tuple[str, str]],
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """A topology file: servers with (port, bus_port), links, and extra tables."""
+    out = ["links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]", ""]
+    for table, values in (sections or {}).items():
+        out.append(f"[{table}]")
+        out += [f"{key} = {_toml(value)}" for key, value in values.items()]
+        out.append("")
+    for name, (port, bus_port) in ports.items():
+        out += [f"[servers.{name}]", f"port = {port}", f"bus_port = {bus_port}", ""]
+    return "\n".join(out)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll until `condition()` is truthy; its value, or AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+class Client:
+    """A plain blocking text client, as a phone or `nc` would be."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError(f"closed before {marker!r}; got {self.buf!r}")
+            self.buf += chunk
+        out, _, self.buf = self.buf.partition(marker)
+        return out + marker
+
+    def line(self) -> str:
+        return self.read_until(b"\n").decode()
+
+    def ask(self, line: str) -> str:
+        """One command, one reply (a WHATSAT reply runs to its blank line)."""
+        self.send(line + "\n")
+        first = self.line()
+        if line.split()[:1] == ["WHATSAT"] and first.startswith("AT "):
+            return first + self.read_until(b"\n\n").decode()
+        return first
+
+    def read_all(self) -> bytes:
+        """Everything until the server closes (after we half-close, say)."""
+        while chunk := self.sock.recv(1 << 16):
+            self.buf += chunk
+        out, self.buf = self.buf, b""
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Herd:
+    """Writes a topology under `root` and runs its servers as child processes."""
+
+    def __init__(
+        self,
+        root: Path,
+        servers: Sequence[str] = PAPER_SERVERS,
+        links: Iterable[tuple[str, str]] = PAPER_LINKS,
+        sections: Mapping[str, Mapping[str, Any]] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(2 * len(servers))
+        self.ports = {n: (ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(servers)}
+        self.links = tuple(links)
+        sections = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}, **(sections or {})}
+        self.config = self.root / "topology.toml"
+        self.config.write_text(topology_toml(self.ports, self.links, sections))
+        self.env = {**os.environ, **(env or {})}
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+
+    def port(self, name: str) -> int:
+        return self.ports[name][0]
+
+    def client(self, name: str) -> Client:
+        return Client(self.port(name))
+
+    def log(self, name: str) -> str:
+        path = self.root / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, *names: str, storage: bool = True, timeout: float = 30.0) -> None:
+        """Start servers (all if none named) and wait until each listens."""
+        names = names or tuple(self.ports)
+        for name in names:
+            argv = [sys.executable, "-m", "zherd", "serve", name, "--config", str(self.config)]
+            self.procs[name] = subprocess.Popen(
+                argv + ([] if storage else ["--no-storage"]),
+                stdout=subprocess.PIPE,
+                text=True,
+                env=self.env,
+                cwd=self.root,
+            )
+        deadline = time.monotonic() + timeout
+        for name in names:
+            proc = self.procs[name]
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+            line = proc.stdout.readline() if ready else ""  # printed once it listens
+            if not line.startswith(READY):
+                proc.kill()
+                raise RuntimeError(f"{name} did not start (status {proc.wait()})")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
+        """Signal one server we started and wait for it to exit; its exit status."""
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        return proc.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int]:
+        """SIGTERM every server still running (SIGKILL after `timeout`); their statuses."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        statuses = {}
+        for name, proc in self.procs.items():
+            try:
+                statuses[name] = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                statuses[name] = proc.wait()
+        self.procs.clear()
+        return statuses
+
+    def __enter__(self) -> Herd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
