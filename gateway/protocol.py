@@ -22,6 +22,7 @@ _TIME = re.compile(rb"([+-]?)([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % _MAX_INT_DIGITS
 _RADIUS = re.compile(rb"[0-9]{1,10}(?:\.[0-9]{1,10})?")
 _COUNT = re.compile(rb"[0-9]{1,10}")
 _SKEW = re.compile(r"[+-][0-9]+\.[0-9]{9}")
+_TOKEN = re.compile(r"[^ \t\n\r\x0b\x0c]+")  # a field as bytes.split() cuts them
 _NEWLINES = re.compile(r"\n+")
 
 
@@ -145,9 +146,13 @@ def location_from_wire(fields: Any) -> Location | None:
     """
     if not isinstance(fields, list | tuple) or len(fields) != 5:
         return None
-    if not all(type(f) is str and f and not any(c.isspace() for c in f) for f in fields):
-        return None
     client_id, coords, time, origin, skew = fields
+    if not (type(client_id) is str and type(origin) is str and type(skew) is str):
+        return None
+    if _TOKEN.fullmatch(client_id) is None or _TOKEN.fullmatch(origin) is None:
+        return None
+    if type(coords) is not str or type(time) is not str:
+        return None
     try:
         point = parse_coords(coords.encode())
         time_ns = parse_time_ns(time.encode())
