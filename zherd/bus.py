@@ -98,8 +98,11 @@ class Bus:
         if batch or dropped:
             self.deliver(batch, dropped)
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.2) -> None:
+        """Stop reading; give queued messages `linger` seconds to leave (a neighbor that
+        misses them catches up later anyway)."""
         if self._loop is not None and not self.router.closed:
             self._loop.remove_reader(self.router.getsockopt(zmq.FD))
-        for sock in (self.router, *self.dealers.values()):
-            sock.close(linger=0)
+        self.router.close(linger=0)
+        for dealer in self.dealers.values():
+            dealer.close(linger=int(linger * 1000))

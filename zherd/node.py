@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import secrets
 import signal
 import time
@@ -70,6 +71,8 @@ class Node:
         return await self.places.nearby(lat, lon, radius_km, count)
 
     def trace(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
+        if not received and not sent:
+            return
         lines = [f"<- {logs.text(line)}" for line in received]
         lines += [f"-> {logs.text(line)}" for line in sent.rstrip(b"\n").split(b"\n") if sent]
         logger.info(logs.block(f"client {peer}", lines))
@@ -137,6 +140,7 @@ class Node:
         await self.places.close()
         if self.bus is not None:
             self.bus.close()
+            self.bus = None  # a flush retry still scheduled must not touch closed sockets
         logger.info(f"{self.name} stopped")
         logger.complete()
 
@@ -236,11 +240,21 @@ def _record(record: Any) -> str:
     return repr(record)[:200]
 
 
+def _allow_descriptors(wanted: int) -> None:
+    """Raise the soft open-files limit (often 1024) so `max_clients` is what caps clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(
     topology: Topology, name: str, *, storage: bool = True, ready: Callable[[], None] = lambda: None
 ) -> None:
     """Run one server in this process until it is told to stop; `ready` once it listens."""
     logs.setup(name, topology.logging)
+    _allow_descriptors(topology.limits.max_clients + 256)
     with contextlib.suppress(ImportError):
         import uvloop
 
