@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 NS = 1_000_000_000
@@ -17,8 +18,13 @@ MAX_RADIUS_KM = 50.0
 MAX_RESULTS = 20
 _MAX_INT_DIGITS = 20  # far beyond any real POSIX time; bounds the cost of int()
 
-_COORDS = re.compile(rb"([+-][0-9]+(?:\.[0-9]+)?)([+-][0-9]+(?:\.[0-9]+)?)")
-_TIME = re.compile(rb"([+-]?)([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % _MAX_INT_DIGITS)
+_COORDS_RE = rb"([+-][0-9]+(?:\.[0-9]+)?)([+-][0-9]+(?:\.[0-9]+)?)"
+_TIME_RE = rb"([+-]?)([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % _MAX_INT_DIGITS
+_COORDS = re.compile(_COORDS_RE)
+_TIME = re.compile(_TIME_RE)
+# The whole IAMAT grammar in one match, the hot path: in a bytes pattern \s is exactly
+# the ASCII whitespace that bytes.split() cuts on.
+_IAMAT = re.compile(rb"\s*IAMAT\s+(\S+)\s+(%s)\s+(%s)\s*" % (_COORDS_RE, _TIME_RE))
 _RADIUS = re.compile(rb"[0-9]{1,10}(?:\.[0-9]{1,10})?")
 _COUNT = re.compile(rb"[0-9]{1,10}")
 _SKEW = re.compile(r"[+-][0-9]+\.[0-9]{9}")
@@ -74,29 +80,38 @@ Event = IAmAt | WhatsAt | Invalid
 def parse_coords(text: bytes) -> tuple[float, float] | None:
     """ISO 6709 signed decimal degrees (`+34.068930-118.445127`); None if bad or out of range."""
     m = _COORDS.fullmatch(text)
-    if m is None:
-        return None
-    lat, lon = float(m[1]), float(m[2])
-    if -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0:
+    return None if m is None else _point(m[1], m[2])
+
+
+def _point(lat_text: bytes, lon_text: bytes) -> tuple[float, float] | None:
+    lat, lon = float(lat_text), float(lon_text)
+    if _within(lat, lat_text, 90.0) and _within(lon, lon_text, 180.0):
         return lat, lon
     return None
+
+
+def _within(value: float, text: bytes, limit: float) -> bool:
+    """|value| <= limit, exactly: rounding can land a text just past the limit on it."""
+    if value != limit and value != -limit:
+        return -limit < value < limit
+    return abs(Decimal(text.decode())) <= Decimal(int(limit))
 
 
 def parse_time_ns(text: bytes) -> int | None:
     """POSIX seconds with up to 9 decimals, as exact integer nanoseconds."""
     m = _TIME.fullmatch(text)
-    if m is None:
-        return None
-    sign, whole, frac = m.groups()
-    ns = int(whole) * NS + (int(frac.ljust(9, b"0")) if frac else 0)
+    return None if m is None else _nanoseconds(*m.groups())
+
+
+def _nanoseconds(sign: bytes, whole: bytes, frac: bytes | None) -> int:
+    ns = int(whole + frac.ljust(9, b"0")) if frac else int(whole) * NS
     return -ns if sign == b"-" else ns
 
 
 def format_skew(ns: int) -> str:
     """Signed seconds with exactly 9 decimals: `+0.263873386`, `-0.000012000`."""
-    sign = "-" if ns < 0 else "+"
-    whole, frac = divmod(abs(ns), NS)
-    return f"{sign}{whole}.{frac:09d}"
+    digits = str(-ns if ns < 0 else ns).rjust(10, "0")
+    return ("-" if ns < 0 else "+") + digits[:-9] + "." + digits[-9:]
 
 
 def valid_skew(text: str) -> bool:
@@ -105,26 +120,23 @@ def valid_skew(text: str) -> bool:
 
 def parse_line(line: bytes) -> Event:
     """One command, without its `\\n`. Anything not understood is Invalid(line)."""
-    fields = line.split()
-    if len(fields) != 4:
-        return Invalid(line)
-    command = fields[0]
     try:
-        if command == b"IAMAT":
-            return _iamat(fields, line)
-        if command == b"WHATSAT":
+        if (m := _IAMAT.fullmatch(line)) is not None:
+            return _iamat(m, line)
+        fields = line.split()
+        if len(fields) == 4 and fields[0] == b"WHATSAT":
             return _whatsat(fields, line)
     except UnicodeDecodeError:
         pass
     return Invalid(line)
 
 
-def _iamat(fields: list[bytes], line: bytes) -> Event:
-    _, client_id, coords, time = fields
-    point = parse_coords(coords)
-    time_ns = parse_time_ns(time)
-    if point is None or time_ns is None:
+def _iamat(m: re.Match[bytes], line: bytes) -> Event:
+    client_id, coords, lat_text, lon_text, time, sign, whole, frac = m.groups()
+    point = _point(lat_text, lon_text)
+    if point is None:
         return Invalid(line)
+    time_ns = _nanoseconds(sign, whole, frac)
     return IAmAt(client_id.decode(), coords.decode(), time.decode(), time_ns, *point)
 
 

@@ -7,7 +7,7 @@ one per line: a batch record costs ~0.15 us a line against ~9 us for a call each
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from loguru import logger
@@ -49,3 +49,15 @@ def block(title: str, lines: Iterable[str]) -> str:
 def text(data: bytes) -> str:
     """Client bytes for a log line: never raises, never hides a byte."""
     return data.decode("utf-8", "backslashreplace")
+
+
+def lines(arrow: str, data: bytes | Sequence[bytes]) -> str:
+    """Lines of a batch, each on its own indented row after `arrow`, decoded in one go."""
+    if not isinstance(data, bytes):
+        data = b"\n".join(data)
+    elif data.endswith(b"\n"):
+        data = data.rstrip(b"\n")
+    if not data:
+        return ""
+    prefix = f"\n    {arrow} "
+    return prefix + text(data).replace("\n", prefix)

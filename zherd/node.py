@@ -71,11 +71,8 @@ class Node:
         return await self.places.nearby(lat, lon, radius_km, count)
 
     def trace(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
-        if not received and not sent:
-            return
-        lines = [f"<- {logs.text(line)}" for line in received]
-        lines += [f"-> {logs.text(line)}" for line in sent.rstrip(b"\n").split(b"\n") if sent]
-        logger.info(logs.block(f"client {peer}", lines))
+        if received or sent:
+            logger.info(f"client {peer}" + logs.lines("<-", received) + logs.lines("->", sent))
 
     def note(self, message: str) -> None:
         logger.info(message)
