@@ -165,7 +165,10 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self.last_active = self._loop.time()
-        if self._held is None and not self._eof:
+        if self._held is not None:  # lines read before the client stopped reading wait for room
+            if sent := self._flush():
+                self.node.trace(self.peer, (), sent)
+        elif not self._eof:
             self.transport.resume_reading()
 
     # the work
@@ -244,7 +247,8 @@ class ClientConnection(asyncio.Protocol):
         sent = b"".join(ready)
         if sent:
             self._write(sent)
-        if self._held is not None and self._inflight < self.limits.max_inflight:
+        room = self._inflight < self.limits.max_inflight and not self.write_paused
+        if self._held is not None and room:
             lines, received_ns = self._held
             self._held = None
             if not self.write_paused and not self._eof:

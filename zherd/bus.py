@@ -41,7 +41,7 @@ class Bus:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted neighbor takes its id back
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        self.router.setsockopt(zmq.RCVHWM, 10_000)
+        self.router.setsockopt(zmq.RCVHWM, 1000)
         self.router.bind(bind)
         self.dealers: dict[str, zmq.Socket] = {}
         for peer, endpoint in neighbors.items():
@@ -49,7 +49,7 @@ class Bus:
             dealer.setsockopt(zmq.ROUTING_ID, name.encode())
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.IMMEDIATE, 1)
-            dealer.setsockopt(zmq.SNDHWM, 10_000)
+            dealer.setsockopt(zmq.SNDHWM, 1000)  # x up to 1024 records: bounded memory
             dealer.setsockopt(zmq.RECONNECT_IVL, 100)
             dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             dealer.connect(endpoint)

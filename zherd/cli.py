@@ -10,6 +10,7 @@ import zmq
 
 from zherd import config
 from zherd.launcher import READY, LaunchError, supervise, table
+from zherd.places import api_key
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         topology = config.load(args.config)
+        api_key(topology.places)  # a missing key stops us before any server starts
         if args.command == "serve":
             return _serve(topology, args.name, not args.no_storage, announce=False)
         names = list(topology.servers) if args.all else args.names

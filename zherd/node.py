@@ -29,7 +29,7 @@ from zherd.replication import Replicator
 from zherd.storage import Cursors, Storage
 from zherd.store import Entry, Store
 
-RETRY_BLOCKED = 0.01  # seconds before resending to a neighbor whose queue was full
+RETRY_FIRST, RETRY_MAX = 0.01, 0.1  # seconds before resending to a neighbor that is down or full
 
 
 class Node:
@@ -51,6 +51,7 @@ class Node:
         self.bus: Bus | None = None
         self.malformed = 0  # bus frames that were not messages, or not from a neighbor
         self._flush_pending = False
+        self._retry = RETRY_FIRST  # doubles while sends keep failing (a neighbor down)
         self._sent: list[tuple[str, wire.Message]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -157,9 +158,12 @@ class Node:
         self._flush_pending = False
         if self.bus is None:
             return
-        if not self.replicator.flush(self._send):
+        if self.replicator.flush(self._send):
+            self._retry = RETRY_FIRST
+        else:
             self._flush_pending = True
-            asyncio.get_running_loop().call_later(RETRY_BLOCKED, self._flush)
+            asyncio.get_running_loop().call_later(self._retry, self._flush)
+            self._retry = min(2 * self._retry, RETRY_MAX)
         self._log_sent()
 
     def _send(self, peer: str, message: wire.Message) -> bool:

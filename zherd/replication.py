@@ -34,6 +34,7 @@ class Outbound:
     cursor: int | None = None  # store scanned up to here; None: the neighbor must Sync first
     tip: int = 0  # the `last` of the newest Updates it was sent: its position in our stream
     resend_until: int = 0  # catch-up range also carries what came from this neighbor
+    peer_epoch: int = 0  # the neighbor's boot epoch at its last Sync
     pending: deque[Entry] = field(default_factory=deque)  # taken from the store, not yet sent
     pending_to: int = 0  # the seq the pending run ends at
     confirm: bool = False  # a Sync was served: open the stream even if there is nothing to send
@@ -136,7 +137,8 @@ class Replicator:
         head = self.store.head
         resume = sync.known_epoch == self.epoch and sync.known_seq <= head
         out.cursor = out.tip = sync.known_seq if resume else 0
-        out.resend_until = head  # it may have lost what it told us itself: resend all of it
+        if sync.epoch != out.peer_epoch:  # a new process: it may have lost what it told us
+            out.peer_epoch, out.resend_until = sync.epoch, head  # so resend all of it
         out.pending.clear()
         out.confirm = True
         self.counters.syncs_served += 1

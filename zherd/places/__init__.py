@@ -31,17 +31,24 @@ class PlacesProvider(Protocol):
 
 def make_provider(config: PlacesConfig, environ: Mapping[str, str] | None = None) -> PlacesProvider:
     """Build the configured provider; a Google provider without a key is a ConfigError."""
-    environ = os.environ if environ is None else environ
-    if config.provider == "geonames":
+    key = api_key(config, environ)
+    if key is None:
         from zherd.places.geonames import GeoNamesProvider
 
         return GeoNamesProvider(config.data_dir)
-    key = environ.get(config.api_key_env, "")
+    from zherd.places.google import make_google_provider
+
+    return make_google_provider(config, key)
+
+
+def api_key(config: PlacesConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The key a Google provider needs (None for the offline one); checked before any start."""
+    if config.provider == "geonames":
+        return None
+    key = (os.environ if environ is None else environ).get(config.api_key_env, "")
     if not key:
         raise ConfigError(
             f"[places] provider {config.provider!r} needs an API key in the environment "
             f'variable {config.api_key_env} (set it, or use provider = "geonames")'
         )
-    from zherd.places.google import make_google_provider
-
-    return make_google_provider(config, key)
+    return key
