@@ -70,10 +70,10 @@ def decode(payload: bytes) -> Message | None:
         fields = msgpack.unpackb(payload, use_list=False, raw=False, strict_map_key=True)
     except Exception:  # msgpack raises a zoo of types on garbage; none may escape
         return None
-    if not isinstance(fields, tuple) or not fields or not _ints(fields[1:4]):
+    if not isinstance(fields, tuple) or not fields or not _ints(fields[:4]):  # kind too: True == 1
         return None
     kind, n = fields[0], len(fields)
-    if kind == UPDATES and n == 5 and isinstance(fields[4], tuple):
+    if kind == UPDATES and n == 5 and type(fields[4]) is tuple:  # not an ExtType namedtuple
         _, epoch, first, last, records = fields
         if epoch > 0 and 0 <= first <= last:
             return Updates(epoch, first, last, records)
