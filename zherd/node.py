@@ -13,6 +13,7 @@ import contextlib
 import resource
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,9 @@ from zherd.replication import Replicator
 from zherd.storage import Cursors, Storage
 from zherd.store import Entry, Store
 
+# The storage thread must not hold the GIL for the default 5 ms each time the event loop
+# waits on IO (the convoy effect): with storage on, that cut herd throughput 2.5x.
+SWITCH_INTERVAL = 0.0005
 RETRY_FIRST, RETRY_MAX = 0.01, 0.1  # seconds before resending to a neighbor that is down or full
 
 
@@ -235,10 +239,11 @@ def _describe(prefix: str, message: wire.Message) -> list[str]:
 
 def _record(record: Any) -> str:
     """A flooded record as the AT line it stands for (or its repr, if it is not one)."""
-    if isinstance(record, tuple) and len(record) == 5 and all(type(f) is str for f in record):
+    try:
         client_id, coords, time, origin, skew = record
-        return f"AT {origin} {skew} {client_id} {coords} {time}"
-    return repr(record)[:200]
+    except (TypeError, ValueError):
+        return repr(record)[:200]
+    return f"AT {origin} {skew} {client_id} {coords} {time}"
 
 
 def _allow_descriptors(wanted: int) -> None:
@@ -256,6 +261,7 @@ def serve(
     """Run one server in this process until it is told to stop; `ready` once it listens."""
     logs.setup(name, topology.logging)
     _allow_descriptors(topology.limits.max_clients + 256)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     with contextlib.suppress(ImportError):
         import uvloop
 
