@@ -42,7 +42,10 @@ class Store:
         entries = self._entries
         old = entries.get(location.client_id)
         if old is not None:
-            if not location.newer_than(old.location):
+            held = old.location  # Location.newer_than, inlined: this runs for every update
+            if location.time_ns < held.time_ns or (
+                location.time_ns == held.time_ns and location.origin <= held.origin
+            ):
                 return None
             del entries[location.client_id]  # re-inserted at the end: dict order is seq order
         self.head += 1
