@@ -185,7 +185,9 @@ def format_invalid(line: bytes) -> bytes:
 
 def format_whatsat(at_line: bytes, places: dict[str, Any]) -> bytes:
     """The AT line, the places JSON with runs of newlines collapsed, then a blank line."""
-    body = _NEWLINES.sub("\n", json.dumps(places, indent=3, ensure_ascii=False)).rstrip("\n")
+    body = json.dumps(places, indent=3, ensure_ascii=False).rstrip("\n")
+    if "\n\n" in body:  # json.dumps never makes a blank line; kept for the letter of the rule
+        body = _NEWLINES.sub("\n", body)
     return at_line + b"\n" + body.encode() + b"\n\n"
 
 

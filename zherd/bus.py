@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import zmq
 
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes; a larger frame is a hostile or broken peer
-DRAIN_MAX = 4096  # messages per wake-up before yielding to the gateway
+DRAIN_BYTES = 1 << 20  # per wake-up (~10k records) before the gateway gets its turn
 
 # (neighbor, payload) pairs, and the routing ids of frames dropped as not from a neighbor
 Deliver = Callable[[Sequence[tuple[str, bytes]], Sequence[bytes]], None]
@@ -79,12 +79,14 @@ class Bus:
         batch: list[tuple[str, bytes]] = []
         dropped: list[bytes] = []
         recv, permitted = self.router.recv_multipart, self._permitted
+        budget = DRAIN_BYTES
         try:
-            for _ in range(DRAIN_MAX):
+            while budget > 0:
                 try:
                     frames = recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                budget -= 64 + len(frames[-1])  # tiny frames (a hostile flood) count too
                 peer = permitted.get(frames[0])
                 if peer is None or len(frames) != 2:
                     dropped.append(frames[0])

@@ -84,12 +84,15 @@ class Node:
         self._journal(message)
 
     def _journal(self, text: str) -> None:
-        """Client traffic of one loop turn goes out as one log record (a call costs ~9 us)."""
+        """One loop turn's traffic, clients and bus, goes out as one log record (a call
+        costs ~9 us), written after the turn's updates have left for the neighbors."""
         if not self._turn_log:
             asyncio.get_running_loop().call_soon(self._write_journal)
         self._turn_log.append(text)
 
     def _write_journal(self) -> None:
+        if self._flush_pending:
+            self._flush()  # forward first: the log must not add latency to the flood
         logger.info("\n".join(self._turn_log))
         self._turn_log.clear()
 
@@ -194,11 +197,13 @@ class Node:
         """A drained batch of neighbor messages: apply, then log it as one record."""
         now = asyncio.get_running_loop().time()
         lines: list[str] = []
+        warn = bool(dropped)
         for peer, payload in batch:
             message = wire.decode(payload)
             if message is None:
                 self.malformed += 1
                 lines.append(f"!! {peer}: malformed message dropped ({len(payload)} bytes)")
+                warn = True
                 continue
             invalid = self.replicator.counters.invalid
             for entry in self.replicator.receive(peer, message, now, self._send):
@@ -208,14 +213,16 @@ class Node:
             if self.replicator.counters.invalid > invalid:
                 bad = self.replicator.counters.invalid - invalid
                 lines.append(f"!! {peer}: {bad} invalid records dropped")
+                warn = True
         for routing_id in dropped:
             self.malformed += 1
             lines.append(f"!! frame from non-neighbor {routing_id!r} dropped")
         self._schedule_flush()  # replies (a Sync, a restarted stream) leave with the flush
         self._log_events()
-        if lines:
-            logger.log("WARNING" if dropped else "INFO", logs.block("bus", lines))
-        self._log_sent()
+        if warn:
+            logger.warning(logs.block("bus", lines))  # hostile or broken: said at once
+        elif lines:
+            self._journal(logs.block("bus", lines))
 
     def _cursors(self) -> Cursors:
         return {p: (s.epoch, s.seq) for p, s in self.replicator.inbound.items() if s.epoch}
@@ -230,14 +237,14 @@ class Node:
 
     def _log_events(self) -> None:
         for event in self.replicator.events:
-            logger.info(event)
+            self._journal(event)
         self.replicator.events.clear()
 
     def _log_sent(self) -> None:
         if self._sent:
             lines = [ln for peer, m in self._sent for ln in _describe(f"-> {peer}", m)]
             self._sent.clear()
-            logger.info(logs.block("bus", lines))
+            self._journal(logs.block("bus", lines))
 
 
 def _describe(prefix: str, message: wire.Message) -> list[str]:
