@@ -1,0 +1,287 @@
+"""Start-up time: from exec to accepting clients, one server and a whole herd.
+
+    python -m bench.startup [--quick] [--repeats 5] [--poll 0.001] [--out DIR]
+
+Cases (each repeated --repeats times, median [min-max]):
+
+- python      `python -c pass`: the interpreter alone, the floor for everything below;
+- serve       `python -m zherd serve Alford --config T` with storage (a fresh SQLite
+              file each time): time from just before exec until a TCP connect to its
+              client port succeeds (polled every --poll seconds), and until it prints
+              its ready line;
+- serve --no-storage  the same without SQLite;
+- start --all `zherd start --all --config T` (the console script, or `python -m zherd`
+              when it is not on PATH): until its table appears on stdout, and until
+              all five client ports accept.
+
+Topologies are written to a temp folder with free loopback ports (zherd.harness);
+the places index is whatever the machine has cached (it opens in the background
+and does not delay accepting clients). Every process started is stopped by pid
+(SIGTERM, then SIGKILL after 10 s); for `start --all` the supervisor stops its own
+children, and any child still alive afterwards is killed by the pid in its table.
+Target: < 0.5 s per server. --quick: 1 repeat.
+
+Writes bench/results/startup-<date>.json and .png (startup-quick-<date>.* with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    HOST,
+    console,
+    errorbar_args,
+    finish,
+    machine_info,
+    print_table,
+    progress,
+    pyplot,
+    result_paths,
+    save_figure,
+    spread,
+    stop_pid,
+    summary,
+    target,
+    write_results,
+)
+from zherd.harness import PAPER_LINKS, PAPER_SERVERS, free_ports, topology_toml
+from zherd.launcher import READY
+
+TARGET_S = 0.5
+TIMEOUT = 30.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--poll", type=float, default=0.001, help="seconds between connect attempts")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
+    return args
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def write_topology(root: Path, servers: tuple[str, ...]) -> tuple[Path, dict[str, int]]:
+    ports = free_ports(2 * len(servers))
+    pairs = {n: (ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(servers)}
+    links = [link for link in PAPER_LINKS if set(link) <= set(servers)]
+    path = root / "topology.toml"
+    sections = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}}
+    path.write_text(topology_toml(pairs, links, sections))
+    return path, {n: p[0] for n, p in pairs.items()}
+
+
+def time_python() -> dict[str, float]:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return {"exit": time.perf_counter() - t0}
+
+
+def time_serve(poll: float, storage: bool) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="zherd-bench-startup-"))
+    try:
+        config, ports = write_topology(root, ("Alford",))
+        port = ports["Alford"]
+        argv = [sys.executable, "-m", "zherd", "serve", "Alford", "--config", str(config)]
+        argv += [] if storage else ["--no-storage"]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=root)
+        try:
+            accept = ready = None
+            assert proc.stdout is not None
+            while time.perf_counter() - t0 < TIMEOUT and (accept is None or ready is None):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"zherd serve exited with status {proc.returncode}")
+                if accept is None and accepts(port):
+                    accept = time.perf_counter() - t0
+                if ready is None and select.select([proc.stdout], [], [], 0)[0]:
+                    line = proc.stdout.readline()
+                    if line.startswith(READY):
+                        ready = time.perf_counter() - t0
+                if accept is None:
+                    time.sleep(poll)
+                elif ready is None:
+                    select.select([proc.stdout], [], [], poll)
+            if accept is None:
+                raise RuntimeError("zherd serve did not accept clients in time")
+            return {"accept": accept, "ready_line": ready}
+        finally:
+            stop_pid(proc)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def zherd_command() -> list[str]:
+    script = Path(sys.executable).parent / "zherd"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("zherd")
+    return [found] if found else [sys.executable, "-m", "zherd"]
+
+
+def time_start_all(poll: float) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="zherd-bench-startup-"))
+    try:
+        config, ports = write_topology(root, PAPER_SERVERS)
+        argv = [*zherd_command(), "start", "--all", "--config", str(config)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=root)
+        pids: list[int] = []
+        try:
+            table = None
+            accept: dict[str, float] = {}
+            assert proc.stdout is not None
+            while time.perf_counter() - t0 < TIMEOUT and (
+                table is None or len(accept) < len(ports)
+            ):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"zherd start exited with status {proc.returncode}")
+                for name, port in ports.items():
+                    if name not in accept and accepts(port):
+                        accept[name] = time.perf_counter() - t0
+                while select.select([proc.stdout], [], [], 0)[0]:
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    words = line.split()
+                    if words[:2] == ["server", "pid"] and table is None:
+                        table = time.perf_counter() - t0
+                    elif len(words) >= 2 and words[0] in ports and words[1].isdigit():
+                        pids.append(int(words[1]))
+                time.sleep(poll)
+            if table is None or len(accept) < len(ports):
+                raise RuntimeError("zherd start --all did not come up in time")
+            return {
+                "table": table,
+                "all_accept": max(accept.values()),
+                "first_accept": min(accept.values()),
+                "per_server": accept,
+            }
+        finally:
+            stop_pid(proc)
+            for pid in pids:  # children the supervisor should have stopped
+                try:
+                    os.kill(pid, 0)
+                except OSError:
+                    continue
+                console.print(f"[yellow]child {pid} outlived the supervisor: killing it[/]")
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    machine = machine_info()
+    json_path, png_path = result_paths("startup", args.out, args.quick)
+    cases = ("python", "serve", "serve --no-storage", "start --all")
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
+    with progress() as bar:
+        task = bar.add_task("startup", total=args.repeats * len(cases))
+        for rep in range(args.repeats):
+            for case in cases:
+                bar.update(task, description=f"{case} #{rep + 1}")
+                if case == "python":
+                    runs[case].append(time_python())
+                elif case == "serve":
+                    runs[case].append(time_serve(args.poll, storage=True))
+                elif case == "serve --no-storage":
+                    runs[case].append(time_serve(args.poll, storage=False))
+                else:
+                    runs[case].append(time_start_all(args.poll))
+                bar.advance(task)
+    figures: dict[str, Any] = {}
+    for case, rs in runs.items():
+        keys = [k for k in rs[0] if k != "per_server"]
+        figures[case] = {k: summary([r[k] for r in rs]) for k in keys}
+        figures[case]["runs"] = rs
+    serve = figures["serve"]["accept"]["median"]
+    herd = figures["start --all"]["all_accept"]["median"]
+    goals = [
+        target("zherd serve: exec to accepting (s)", serve, f"< {TARGET_S} s", serve < TARGET_S),
+        target(
+            "zherd serve --no-storage: exec to accepting (s)",
+            figures["serve --no-storage"]["accept"]["median"],
+            f"< {TARGET_S} s",
+            figures["serve --no-storage"]["accept"]["median"] < TARGET_S,
+        ),
+        target(
+            "zherd start --all: exec to all five accepting (s)",
+            herd,
+            f"< {TARGET_S} s per server",
+            herd < TARGET_S,
+            "five servers start in parallel on this machine's cores",
+        ),
+    ]
+    parameters = {k: v for k, v in vars(args).items() if k != "out"}
+    parameters["zherd_command"] = zherd_command()
+    write_results(
+        "startup",
+        parameters,
+        figures,
+        targets=goals,
+        machine=machine,
+        started=started,
+        out_dir=args.out,
+        path=json_path,
+    )
+    rows = []
+    for case, fig in figures.items():
+        for k, s in fig.items():
+            if k != "runs":
+                rows.append((case, k, spread(s, 1e3, " ms")))
+    print_table("start-up, median [min-max]", ["case", "until", "time"], rows)
+    print_table(
+        "targets",
+        ["target", "value", "goal", "met", "note"],
+        [(g["target"], g["value"], g["goal"], g["met"], g["note"]) for g in goals],
+    )
+    plot(figures, png_path, args)
+    finish(json_path, png_path)
+    return 0
+
+
+def plot(figures: dict[str, Any], png: Path, args: argparse.Namespace) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels, sums = [], []
+    for case, f in figures.items():
+        for k, s in f.items():
+            if k != "runs" and s.get("median") is not None:
+                labels.append(f"{case.replace(' --', chr(10) + '--')}\n{k}")
+                sums.append(s)
+    med, err = errorbar_args(sums, 1e3)
+    ax.bar(range(len(labels)), med, yerr=err, capsize=3)
+    ax.axhline(TARGET_S * 1e3, color="r", alpha=0.3, label=f"target {TARGET_S * 1e3:.0f} ms")
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylabel("ms from exec")
+    ax.set_title(f"start-up (median, min-max of {args.repeats})")
+    ax.legend()
+    save_figure(fig, png)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
