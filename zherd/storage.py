@@ -57,6 +57,11 @@ class Storage:
     def open(self) -> Saved:
         """Open (or create) the file and read it back; a broken file is set aside and rebuilt."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # a first start, or the file was lost: say which it may be
+            logger.info(
+                f"storage {self.path} not found: creating it and starting empty "
+                "(a first start, or the file was lost: neighbors will send everything they hold)"
+            )
         try:
             self._db = self._connect()
             return self._read()
@@ -114,7 +119,12 @@ class Storage:
             if not self._dirty:
                 return
             rows, self._dirty = self._dirty, {}
-            await asyncio.to_thread(self._write, rows.values(), cursors)
+            write = asyncio.ensure_future(asyncio.to_thread(self._write, rows.values(), cursors))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:  # the thread writes on: keep the lock until it is done,
+                await write  # or close() would start a second transaction on this connection
+                raise
 
     def _write(self, entries: Iterable[Entry], cursors: Cursors) -> None:
         assert self._db is not None
