@@ -683,7 +683,7 @@ def test_hostile_frames_are_dropped_logged_and_never_applied(tmp_path: Path) -> 
                 )
             # a multipart frame from a neighbor's id: dropped at the bus
             expect_logged(
-                r"!! frame from non-neighbor b'Hamilton' dropped",
+                r"!! Hamilton: a 3-frame message dropped",
                 lambda: forged.send_multipart([_updates((good,)), b"extra"]),
             )
             # a well-formed Updates whose records are all invalid

@@ -19,8 +19,8 @@ import zmq
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes; a larger frame is a hostile or broken peer
 DRAIN_BYTES = 1 << 20  # per wake-up (~10k records) before the gateway gets its turn
 
-# (neighbor, payload) pairs, and the routing ids of frames dropped as not from a neighbor
-Deliver = Callable[[Sequence[tuple[str, bytes]], Sequence[bytes]], None]
+# (neighbor, payload) pairs, and why each dropped frame was dropped
+Deliver = Callable[[Sequence[tuple[str, bytes]], Sequence[str]], None]
 
 
 class Bus:
@@ -77,7 +77,7 @@ class Bus:
             return
         self._draining = True
         batch: list[tuple[str, bytes]] = []
-        dropped: list[bytes] = []
+        dropped: list[str] = []
         recv, permitted = self.router.recv_multipart, self._permitted
         budget = DRAIN_BYTES
         try:
@@ -88,8 +88,11 @@ class Bus:
                     break
                 budget -= 64 + len(frames[-1])  # tiny frames (a hostile flood) count too
                 peer = permitted.get(frames[0])
-                if peer is None or len(frames) != 2:
-                    dropped.append(frames[0])
+                if peer is None:
+                    dropped.append(f"frame from non-neighbor {frames[0]!r}")
+                    continue
+                if len(frames) != 2:
+                    dropped.append(f"{peer}: a {len(frames)}-frame message")
                     continue
                 batch.append((peer, frames[1]))
             else:

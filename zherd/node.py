@@ -193,7 +193,7 @@ class Node:
             self._sent.append((peer, message))
         return sent
 
-    def _delivered(self, batch: Sequence[tuple[str, bytes]], dropped: Sequence[bytes]) -> None:
+    def _delivered(self, batch: Sequence[tuple[str, bytes]], dropped: Sequence[str]) -> None:
         """A drained batch of neighbor messages: apply, then log it as one record."""
         now = asyncio.get_running_loop().time()
         lines: list[str] = []
@@ -214,9 +214,9 @@ class Node:
                 bad = self.replicator.counters.invalid - invalid
                 lines.append(f"!! {peer}: {bad} invalid records dropped")
                 warn = True
-        for routing_id in dropped:
+        for why in dropped:
             self.malformed += 1
-            lines.append(f"!! frame from non-neighbor {routing_id!r} dropped")
+            lines.append(f"!! {why} dropped")
         self._schedule_flush()  # replies (a Sync, a restarted stream) leave with the flush
         self._log_events()
         if warn:

@@ -109,10 +109,25 @@ class Storage:
         self._dirty[entry.location.client_id] = entry
 
     async def run(self, interval: float, cursors: Callable[[], Cursors]) -> None:
-        """Commit what changed every `interval` seconds until cancelled."""
+        """Commit what changed every `interval` seconds until cancelled.
+
+        A failing write (a full disk, say) is logged once and retried: the server
+        keeps serving from memory and its neighbors, and nothing dirty is dropped.
+        """
+        failing = False
         while True:
             await asyncio.sleep(interval)
-            await self.commit(cursors())
+            try:
+                await self.commit(cursors())
+            except sqlite3.Error as e:
+                if not failing:
+                    logger.error(f"storage {self.path}: cannot write ({e}); will keep retrying")
+                failing = True
+                await asyncio.sleep(min(1.0, 20 * interval))
+            else:
+                if failing:
+                    logger.info(f"storage {self.path}: writing again")
+                failing = False
 
     async def commit(self, cursors: Cursors) -> None:
         async with self._lock:
@@ -124,6 +139,10 @@ class Storage:
                 await asyncio.shield(write)
             except asyncio.CancelledError:  # the thread writes on: keep the lock until it is done,
                 await write  # or close() would start a second transaction on this connection
+                raise
+            except sqlite3.Error:
+                for client_id, entry in rows.items():  # newer marks since then win
+                    self._dirty.setdefault(client_id, entry)
                 raise
 
     def _write(self, entries: Iterable[Entry], cursors: Cursors) -> None:
