@@ -514,6 +514,12 @@ def test_a_killed_server_does_not_stop_the_rest(herd) -> None:
         wait_until(lambda: probe.everywhere(before, before_line), timeout=CONVERGE)
         probe.close()
         probe.clients.clear()
+        for server in ("Alford", "Bolden", "Hamilton"):  # a link must exist before it can break
+            wait_until(
+                lambda server=server: "neighbor Parker connected" in h.log(server),
+                timeout=CONVERGE,
+                what=f"{server} hearing from Parker",
+            )
 
         assert h.kill("Parker", signal.SIGKILL) == -signal.SIGKILL
         rest = ("Alford", "Bolden", "Powell")

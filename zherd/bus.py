@@ -50,8 +50,8 @@ class Bus:
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.setsockopt(zmq.SNDHWM, 1000)  # x up to 1024 records: bounded memory
-            dealer.setsockopt(zmq.RECONNECT_IVL, 100)
-            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            dealer.setsockopt(zmq.RECONNECT_IVL, 50)  # ms; a neighbor that starts later, or
+            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 250)  # restarts, is found within 1/4 s
             dealer.connect(endpoint)
             self.dealers[peer] = dealer
         self._permitted = {peer.encode(): peer for peer in neighbors}

@@ -91,10 +91,12 @@ class Node:
         self._turn_log.append(text)
 
     def _write_journal(self) -> None:
-        if self._flush_pending:
-            self._flush()  # forward first: the log must not add latency to the flood
-        logger.info("\n".join(self._turn_log))
-        self._turn_log.clear()
+        try:
+            if self._flush_pending:
+                self._flush()  # forward first: the log must not add latency to the flood
+        finally:
+            turn, self._turn_log = self._turn_log, []
+            logger.info("\n".join(turn))
 
     # lifecycle
 
