@@ -58,7 +58,7 @@ from bench.common import (
     whatsat_times,
     write_results,
 )
-from zherd.harness import Client, wait_until
+from zherd.harness import Client, records_received, wait_until
 
 PAIR = ("Alford", "Bolden")
 SAMPLE = 200
@@ -132,19 +132,6 @@ def iamat_marker(port: int, client_id: str) -> str:
     return t
 
 
-def records_from(log: str, peer: str) -> int:
-    count, inside = 0, False
-    for line in log.splitlines():
-        body = line.strip()
-        if body.startswith(f"<- {peer}: updates"):
-            inside = True
-        elif inside and line.startswith("       ") and body.startswith("AT "):
-            count += 1
-        else:
-            inside = False
-    return count
-
-
 def read_log(path: Path, offset: int) -> str:
     with path.open("rb") as f:
         f.seek(offset)
@@ -197,7 +184,7 @@ def catch_up_rounds(pool: ClientPool, args: argparse.Namespace, rng: random.Rand
                 if missing_at_marker:  # not expected: the stream is in order; wait and time it
                     wait_until(lambda c=check: not holds(run.port(b), c), CATCH_UP_TIMEOUT, 0.05)
                     t_all = time.monotonic()
-                records = records_from(read_log(run.log_path(b), mark), a)
+                records = records_received(read_log(run.log_path(b), mark), a)
                 restored = re.findall(r"(\d+) locations restored", read_log(run.log_path(b), mark))
                 row = {
                     "k": k,

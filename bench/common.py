@@ -222,6 +222,15 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     console.print(table)
 
 
+def print_targets(goals: Sequence[dict]) -> None:
+    """The targets table every script ends with (rows made by `target`)."""
+    print_table(
+        "targets",
+        ["target", "value", "goal", "met", "note"],
+        [(g["target"], g["value"], g["goal"], g["met"], g["note"]) for g in goals],
+    )
+
+
 def fmt(value: Any) -> str:
     if value is None:
         return "-"

@@ -66,6 +66,7 @@ from bench.common import (
     machine_info,
     pin_pid,
     print_table,
+    print_targets,
     progress,
     pyplot,
     result_paths,
@@ -428,11 +429,7 @@ def show(figures: list[dict], goals: list[dict], notes: list[str]) -> None:
         ],
         rows,
     )
-    print_table(
-        "targets",
-        ["target", "value", "goal", "met", "note"],
-        [(g["target"], g["value"], g["goal"], g["met"], g["note"]) for g in goals],
-    )
+    print_targets(goals)
     for n in notes:
         console.print(f"note: {n}")
 

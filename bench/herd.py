@@ -65,6 +65,7 @@ from bench.common import (
     log_sections,
     machine_info,
     print_table,
+    print_targets,
     progress,
     pyplot,
     result_paths,
@@ -356,11 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         rows,
     )
-    print_table(
-        "targets",
-        ["target", "value", "goal", "met", "note"],
-        [(g["target"], g["value"], g["goal"], g["met"], g["note"]) for g in goals],
-    )
+    print_targets(goals)
     for f in figures:
         for r in f["runs"]:
             if r.get("profile"):

@@ -63,6 +63,7 @@ from bench.common import (
     machine_info,
     percentile,
     print_table,
+    print_targets,
     progress,
     pyplot,
     result_paths,
@@ -350,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         rows,
     )
-    print_table(
-        "targets",
-        ["target", "value", "goal", "met", "note"],
-        [(g["target"], g["value"], g["goal"], g["met"], g["note"]) for g in goals],
-    )
+    print_targets(goals)
     for f in figures:
         for r in f["runs"]:
             if r.get("log_missing") or r.get("poll_missing"):

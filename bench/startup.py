@@ -46,6 +46,7 @@ from bench.common import (
     finish,
     machine_info,
     print_table,
+    print_targets,
     progress,
     pyplot,
     result_paths,
@@ -254,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             if k != "runs":
                 rows.append((case, k, spread(s, 1e3, " ms")))
     print_table("start-up, median [min-max]", ["case", "until", "time"], rows)
-    print_table(
-        "targets",
-        ["target", "value", "goal", "met", "note"],
-        [(g["target"], g["value"], g["goal"], g["met"], g["note"]) for g in goals],
-    )
+    print_targets(goals)
     plot(figures, png_path, args)
     finish(json_path, png_path)
     return 0

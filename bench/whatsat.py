@@ -50,6 +50,7 @@ from bench.common import (
     machine_info,
     percentile,
     print_table,
+    print_targets,
     progress,
     pyplot,
     result_paths,
@@ -317,11 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             for n, m in mem_warm.items()
         ],
     )
-    print_table(
-        "targets",
-        ["target", "value", "goal", "met", "note"],
-        [(g["target"], g["value"], g["goal"], g["met"], g["note"]) for g in goals],
-    )
+    print_targets(goals)
     if profile:
         top = ", ".join(f"{fr} {p}%" for fr, p in profile["self"][:10])
         console.print(f"profile {args.profile}: {top}")

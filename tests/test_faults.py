@@ -30,6 +30,7 @@ from zherd.harness import (
     PAPER_LINKS,
     Client,
     Herd,
+    records_received,
     topology_toml,
     wait_until,
 )
@@ -133,20 +134,6 @@ def restored(herd: Herd, name: str) -> int:
     counts = re.findall(r"storage \S+: (\d+) locations restored", herd.log(name))
     assert counts, f"{name} logged no restore"
     return int(counts[-1])
-
-
-def records_received(log: str, peer: str) -> int:
-    """Records carried by every `<- peer: updates` message in a (slice of a) node log."""
-    count, inside = 0, False
-    for line in log.splitlines():
-        body = line.strip()
-        if body.startswith(f"<- {peer}: updates"):
-            inside = True
-        elif inside and line.startswith("       ") and body.startswith("AT "):
-            count += 1
-        else:
-            inside = False
-    return count
 
 
 def committed(path: Path) -> int:

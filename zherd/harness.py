@@ -82,6 +82,21 @@ def wait_until(
         time.sleep(interval)
 
 
+def records_received(log: str, peer: str) -> int:
+    """Records carried by every `<- peer: updates` message in (a slice of) a server log:
+    what a catch-up cost, counted from outside."""
+    count, inside = 0, False
+    for line in log.splitlines():
+        body = line.strip()
+        if body.startswith(f"<- {peer}: updates"):
+            inside = True
+        elif inside and line.startswith("       ") and body.startswith("AT "):
+            count += 1
+        else:
+            inside = False
+    return count
+
+
 class Client:
     """A plain blocking text client, as a phone or `nc` would be."""
 
