@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.protocol import (
     IAmAt,
@@ -27,6 +27,7 @@ from gateway.protocol import (
     format_whatsat,
     locate,
     parse_line,
+    places_error,
 )
 
 
@@ -50,9 +51,8 @@ class Node(Protocol):
 
     def lookup(self, client_id: str) -> Location | None: ...
 
-    def find_places(
-        self, lat: float, lon: float, radius_km: float, count: int
-    ) -> Awaitable[dict[str, Any]]: ...
+    def find_places(self, lat: float, lon: float, radius_km: float, count: int) -> Awaitable[bytes]:
+        """The places near a point as a JSON document (legacy Nearby Search shape)."""
 
     def trace(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
         """One call per batch: every line in, every byte out (the node logs them)."""
@@ -217,7 +217,7 @@ class ClientConnection(asyncio.Protocol):
             places = await self.node.find_places(loc.lat, loc.lon, event.radius_km, event.count)
         except Exception as e:  # a provider must answer, but a client must never hang
             self.node.note(f"places failed for {self.peer}: {type(e).__name__}")
-            places = {"html_attributions": [], "results": [], "status": "UNKNOWN_ERROR"}
+            places = places_error("UNKNOWN_ERROR", "places are not available right now")
         return format_whatsat(format_at(loc), places)
 
     def _whatsat_done(self, task: asyncio.Task[bytes]) -> None:

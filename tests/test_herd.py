@@ -480,7 +480,7 @@ def test_one_log_file_per_server_with_every_client_line(paper) -> None:
                 f"<- IAMAT {cid} {UCLA} ",
                 f"-> {at_line}\n",
                 f"<- WHATSAT {cid} 10 2\n",
-                '->    "status": "OK"',
+                '->   "status": "OK"',
                 "<- log me, I am wrong\n",
                 "-> ? log me, I am wrong\n",
             )

@@ -368,18 +368,18 @@ PLACES: dict[str, Any] = {
 )
 def test_format_whatsat_framing(places: dict[str, Any]) -> None:
     at = b"AT Alford +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1400794645.392014450"
-    at_line, body = split_whatsat(format_whatsat(at, places))
+    at_line, body = split_whatsat(format_whatsat(at, json.dumps(places, indent=3).encode()))
     assert at_line == at
     assert b"\n\n" not in body
     assert not body.endswith(b"\n")
     assert json.loads(body) == places
 
 
-def test_format_whatsat_collapses_runs_of_newlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """json.dumps never writes a blank line itself, so hand format_whatsat a body that has some."""
-    monkeypatch.setattr(json, "dumps", lambda *a, **k: '\n{\n\n\n   "a": 1,\n\n   "b": 2\n}\n\n\n')
-    reply = format_whatsat(b"AT S +0.000000000 c +0+0 0", {"a": 1, "b": 2})
-    assert reply == b'AT S +0.000000000 c +0+0 0\n\n{\n   "a": 1,\n   "b": 2\n}\n\n'
+def test_format_whatsat_collapses_runs_of_newlines() -> None:
+    """JSON encoders do not write blank lines, but a passed-through body could hold some."""
+    body = b'\n{\n\n\n   "a": 1,\n\n   "b": 2\n}\n\n\n'
+    reply = format_whatsat(b"AT S +0.000000000 c +0+0 0", body)
+    assert reply == b'AT S +0.000000000 c +0+0 0\n{\n   "a": 1,\n   "b": 2\n}\n\n'
 
 
 # LineSplitter

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from loguru import logger
 
 from gateway.protocol import Location
@@ -56,6 +57,7 @@ class Node:
         self.malformed = 0  # bus frames that were not messages, or not from a neighbor
         self._flush_pending = False
         self._retry = RETRY_FIRST  # doubles while sends keep failing (a neighbor down)
+        self._retry_timer: asyncio.TimerHandle | None = None
         self._sent: list[tuple[str, wire.Message]] = []
         self._turn_log: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -71,10 +73,9 @@ class Node:
     def lookup(self, client_id: str) -> Location | None:
         return self.store.get(client_id)
 
-    async def find_places(
-        self, lat: float, lon: float, radius_km: float, count: int
-    ) -> dict[str, Any]:
-        return await self.places.nearby(lat, lon, radius_km, count)
+    async def find_places(self, lat: float, lon: float, radius_km: float, count: int) -> bytes:
+        places = await self.places.nearby(lat, lon, radius_km, count)
+        return orjson.dumps(places, option=orjson.OPT_INDENT_2)  # 30x json.dumps(indent=...)
 
     def trace(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
         if received or sent:
@@ -161,7 +162,12 @@ class Node:
             self.bus = None  # a flush retry still scheduled must not touch closed sockets
         if self._turn_log:
             self._write_journal()
-        logger.info(f"{self.name} stopped")
+        c = self.replicator.counters
+        logger.info(
+            f"{self.name} stopped: {len(self.store)} locations; from neighbors {c.applied} "
+            f"updates applied, {c.stale} stale, {c.invalid} invalid records and "
+            f"{self.malformed} malformed or foreign frames dropped"
+        )
         logger.complete()
 
     # the herd side
@@ -177,14 +183,19 @@ class Node:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Send what is due; if a neighbor is down or full, try again later (backing off)
+        without holding up the next loop turn's flush to the others."""
         self._flush_pending = False
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         if self.bus is None:
             return
         if self.replicator.flush(self._send):
             self._retry = RETRY_FIRST
         else:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_later(self._retry, self._flush)
+            loop = asyncio.get_running_loop()
+            self._retry_timer = loop.call_later(self._retry, self._flush)
             self._retry = min(2 * self._retry, RETRY_MAX)
         self._log_sent()
 
