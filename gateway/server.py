@@ -68,6 +68,7 @@ class Gateway:
         self.node = node
         self.limits = limits
         self.connections: set[ClientConnection] = set()
+        self.held = False  # listening, but not reading yet: the node is still loading
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -77,6 +78,16 @@ class Gateway:
             lambda: ClientConnection(self), host, port, reuse_address=True, backlog=4096
         )
         self._sweeper = asyncio.create_task(self._sweep())
+
+    def hold(self) -> None:
+        """Accept clients but read nothing until `release`, so no answer comes from a
+        half-loaded node while a client still gets connected at once."""
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        for conn in list(self.connections):
+            conn.release()
 
     async def close(self) -> None:
         if self._sweeper:
@@ -116,6 +127,8 @@ class ClientConnection(asyncio.Protocol):
         self._queue: deque[bytes | asyncio.Task[bytes]] = deque()
         self._inflight = 0
         self._held: tuple[list[bytes | Invalid], int] | None = None
+        self._early: list[bytes] = []  # what came while the gateway was held
+        self._early_eof = False
         self._eof = False
         self._loop = asyncio.get_running_loop()
 
@@ -146,9 +159,25 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
+        if self.gateway.held:  # the node is still loading: keep it, read no more
+            self._early.append(data)
+            self.transport.pause_reading()
+            return
         self._handle(self.splitter.feed(data), time.time_ns())
 
+    def release(self) -> None:
+        """The gateway is no longer held: answer what came meanwhile, then read on."""
+        early, self._early = b"".join(self._early), []
+        if early:
+            self.data_received(early)
+        if self._early_eof:
+            self.eof_received()
+        self.resume()
+
     def eof_received(self) -> bool:
+        if self.gateway.held:
+            self._early_eof = True
+            return True
         last = self.splitter.close()
         self._eof = True
         if last is not None and self._held is None:
@@ -168,7 +197,12 @@ class ClientConnection(asyncio.Protocol):
         if self._held is not None:  # lines read before the client stopped reading wait for room
             if sent := self._flush():
                 self.node.trace(self.peer, (), sent)
-        elif not self._eof:
+        else:
+            self.resume()
+
+    def resume(self) -> None:
+        """Read again, unless something still holds this client back."""
+        if not (self.write_paused or self._eof or self.gateway.held or self._held is not None):
             self.transport.resume_reading()
 
     # the work
@@ -251,8 +285,7 @@ class ClientConnection(asyncio.Protocol):
         if self._held is not None and room:
             lines, received_ns = self._held
             self._held = None
-            if not self.write_paused and not self._eof:
-                self.transport.resume_reading()
+            self.resume()
             self._handle(lines, received_ns)
         elif self._eof and not queue and self._held is None and not self.transport.is_closing():
             self.transport.close()

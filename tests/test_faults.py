@@ -130,10 +130,17 @@ def log_count(herd: Herd, name: str, pattern: str, since: int = 0) -> int:
 
 
 def restored(herd: Herd, name: str) -> int:
-    """The location count of the newest 'locations restored' line in a server's log."""
-    counts = re.findall(r"storage \S+: (\d+) locations restored", herd.log(name))
-    assert counts, f"{name} logged no restore"
-    return int(counts[-1])
+    """The location count of the newest 'locations restored' line in a server's log.
+
+    A server accepts clients before it reads its file, so wait until every start in
+    the log has its restore line."""
+
+    def counts() -> list[str] | None:
+        log = herd.log(name)
+        found = re.findall(r"storage \S+: (\d+) locations restored", log)
+        return found if found and len(found) == log.count("accepting clients") else None
+
+    return int(wait_until(counts, timeout=30, what=f"{name} to restore its store")[-1])
 
 
 def committed(path: Path) -> int:
@@ -581,6 +588,7 @@ def test_broken_storage_is_set_aside_and_rebuilt(tmp_path: Path, damage: str) ->
         )
         mark = len(herd.log("Hamilton"))
         herd.start("Hamilton")
+        assert restored(herd, "Hamilton") == 0  # waits for the file to be read
         log = herd.log("Hamilton")[mark:]
         if damage == "garbage":
             assert re.search(r"storage \S*Hamilton\.sqlite3 is unreadable .*moved it to", log), log
@@ -588,7 +596,6 @@ def test_broken_storage_is_set_aside_and_rebuilt(tmp_path: Path, damage: str) ->
             assert len(aside) == 1 and aside[0].read_bytes()[:16] != b"SQLite format 3\x00"
         else:
             assert re.search(r"storage \S*Hamilton\.sqlite3 (is missing|not found)", log), log
-        assert restored(herd, "Hamilton") == 0
         converge(herd, ["Hamilton"], expected, "rebuilt from Parker")
         # and the new file is a real one again: it survives a restart on its own
         wait_until(lambda: committed(path) == len(expected), 30, what="the rebuilt file")

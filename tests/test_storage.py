@@ -10,6 +10,7 @@ import pytest
 from loguru import logger
 
 from gateway.protocol import location_from_wire
+from zherd.harness import Herd
 from zherd.storage import Storage
 from zherd.store import Entry
 
@@ -98,3 +99,20 @@ async def test_the_commit_loop_reports_a_failing_disk_once_and_recovers(
     assert any("writing again" in m for m in messages)
     await storage.close({})
     assert [e.location.client_id for e in Storage(storage.path).open().entries] == ["a"]
+
+
+def test_a_big_store_loads_while_clients_wait_connected(tmp_path: Path) -> None:
+    """The server listens before it reads its file; what clients ask meanwhile is answered
+    from the whole store once it is loaded (never `?` from a half-loaded one)."""
+    n = 60_000
+    storage = Storage(tmp_path / "var" / "A.sqlite3")
+    storage.open()
+    storage._write((entry(seq, f"c{seq}") for seq in range(1, n + 1)), {})
+    asyncio.run(storage.close({}))
+
+    with Herd(tmp_path, servers=("A",), links=()) as herd:
+        herd.start()  # returns once the server accepts clients
+        with herd.client("A") as client:
+            assert client.ask(f"WHATSAT c{n} 1 1").startswith(f"AT Alford +0.000000001 c{n} ")
+        log = herd.log("A")
+        assert log.index("accepting clients") < log.index(f"{n} locations restored")

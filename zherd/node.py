@@ -106,15 +106,17 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        self._restore()
-        self.bus = Bus(
+        self.bus = Bus(  # bound now, so a port in use is an error before "ready"
             self.name,
             f"tcp://{self.config.host}:{self.config.bus_port}",
             {n: self.topology.servers[n].bus_endpoint for n in self.neighbors},
             self._delivered,
         )
+        self.gateway.hold()  # clients connect at once and wait for the store
         await self.gateway.start(self.config.host, self.config.port)
         await self.places.start()
+        ready()
+        await self._restore()
         self.bus.start()
         self.replicator.start(loop.time(), self._send)
         self._schedule_flush()
@@ -122,22 +124,23 @@ class Node:
         if self.storage is not None:
             interval = self.topology.storage.flush_interval
             self._tasks.append(asyncio.create_task(self.storage.run(interval, self._cursors)))
+        self.gateway.release()
         logger.info(
             f"{self.name} up: clients on {self.config.host}:{self.config.port}, "
             f"neighbors {', '.join(self.neighbors) or '(none)'} via bus port "
             f"{self.config.bus_port}, epoch {self.epoch:x}, {len(self.store)} locations"
         )
-        ready()
         await self._stopping.wait()
         await self._shutdown()
 
     def stop(self) -> None:
         self._stopping.set()
 
-    def _restore(self) -> None:
+    async def _restore(self) -> None:
+        """Load the store from disk off the loop, which meanwhile accepts clients."""
         if self.storage is None:
             return
-        saved = self.storage.open()
+        saved = await asyncio.to_thread(self.storage.open)
         self.store.restore(saved.entries)
         for peer, (epoch, seq) in saved.cursors.items():
             if peer in self.replicator.inbound:
@@ -305,7 +308,7 @@ def serve(
         node = Node(topology, name, storage=storage)
 
         def announce() -> None:
-            logger.info(f"ready in {time.monotonic() - started:.3f} s")
+            logger.info(f"accepting clients {time.monotonic() - started:.3f} s after start")
             ready()
 
         await node.run(announce)
