@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.protocol import Location, location_from_wire
+from zherd.replication import Replicator
 from zherd.store import Entry, Store
+from zherd.wire import Updates
 
 
 def loc(
@@ -114,3 +116,27 @@ def test_len_counts_clients_not_updates(n: int) -> None:
         store.put(loc("b", str(t)))
     assert len(store) == 2
     assert store.head == 2 * n
+
+
+def test_holds_is_true_only_for_an_exact_copy_of_what_is_held() -> None:
+    store = Store()
+    held = loc("kiwi", "10")
+    store.put(held)
+    assert store.holds(held[:5])
+    assert store.holds(list(held[:5])) is False  # the wire gives tuples; anything else validates
+    assert not store.holds(loc("kiwi", "10", origin="Bolden")[:5])
+    assert not store.holds(loc("kiwi", "11")[:5])
+    assert not store.holds(loc("other", "10")[:5])
+    for junk in ((), ("kiwi",), ([1], 2), {"kiwi": 1}, 42, None, "kiwi", b"kiwi"):
+        assert store.holds(junk) is False
+
+
+def test_a_copy_by_another_path_is_counted_stale_and_not_stored_again() -> None:
+    store = Store()
+    replicator = Replicator("B", 1, ("A", "C"), store)
+    record = loc("kiwi", "10")[:5]
+    send = lambda peer, message: True  # noqa: E731
+    assert len(replicator.receive("A", Updates(5, 0, 1, (record,)), 0.0, send)) == 1
+    assert replicator.receive("C", Updates(6, 0, 1, (record,)), 0.0, send) == []
+    assert (replicator.counters.applied, replicator.counters.stale) == (1, 1)
+    assert store.head == 1

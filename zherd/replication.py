@@ -108,8 +108,10 @@ class Replicator:
         self, peer: str, inbound: Inbound, message: Updates, now: float, send: Send
     ) -> list[Entry]:
         stored = []
-        put, counters = self.store.put, self.counters
+        put, holds, counters = self.store.put, self.store.holds, self.counters
         for record in message.records:
+            if holds(record):  # a copy by another path (the stale count below includes it)
+                continue
             location = location_from_wire(record)
             if location is None:
                 counters.invalid += 1
