@@ -20,8 +20,6 @@ _MAX_INT_DIGITS = 20  # far beyond any real POSIX time; bounds the cost of int()
 
 _COORDS_RE = rb"([+-][0-9]+(?:\.[0-9]+)?)([+-][0-9]+(?:\.[0-9]+)?)"
 _TIME_RE = rb"([+-]?)([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % _MAX_INT_DIGITS
-_COORDS = re.compile(_COORDS_RE)
-_TIME = re.compile(_TIME_RE)
 # The whole IAMAT grammar in one match, the hot path: in a bytes pattern \s is exactly
 # the ASCII whitespace that bytes.split() cuts on.
 _IAMAT = re.compile(rb"\s*IAMAT\s+(\S+)\s+(%s)\s+(%s)\s*" % (_COORDS_RE, _TIME_RE))
@@ -48,12 +46,6 @@ class Location(NamedTuple):
     lat: float
     lon: float
 
-    def newer_than(self, other: Location) -> bool:
-        """Newest wins: client time, then origin name, so every server agrees."""
-        if self.time_ns != other.time_ns:
-            return self.time_ns > other.time_ns
-        return self.origin > other.origin
-
 
 class IAmAt(NamedTuple):
     client_id: str
@@ -77,12 +69,6 @@ class Invalid(NamedTuple):
 Event = IAmAt | WhatsAt | Invalid
 
 
-def parse_coords(text: bytes) -> tuple[float, float] | None:
-    """ISO 6709 signed decimal degrees (`+34.068930-118.445127`); None if bad or out of range."""
-    m = _COORDS.fullmatch(text)
-    return None if m is None else _point(m[1], m[2])
-
-
 def _point(lat_text: bytes, lon_text: bytes) -> tuple[float, float] | None:
     lat, lon = float(lat_text), float(lon_text)
     if _within(lat, lat_text, 90.0) and _within(lon, lon_text, 180.0):
@@ -95,12 +81,6 @@ def _within(value: float, text: bytes, limit: float) -> bool:
     if value != limit and value != -limit:
         return -limit < value < limit
     return abs(Decimal(text.decode())) <= Decimal(int(limit))
-
-
-def parse_time_ns(text: bytes) -> int | None:
-    """POSIX seconds with up to 9 decimals, as exact integer nanoseconds."""
-    m = _TIME.fullmatch(text)
-    return None if m is None else _nanoseconds(*m.groups())
 
 
 def _nanoseconds(sign: bytes, whole: bytes, frac: bytes | None) -> int:

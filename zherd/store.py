@@ -54,7 +54,7 @@ class Store:
         entries = self._entries
         old = entries.get(location.client_id)
         if old is not None:
-            held = old.location  # Location.newer_than, inlined: this runs for every update
+            held = old.location  # newest wins: client time, then origin name
             if location.time_ns < held.time_ns or (
                 location.time_ns == held.time_ns and location.origin <= held.origin
             ):
