@@ -154,6 +154,11 @@ def result_paths(name: str, out_dir: Path | None = None, quick: bool = False) ->
     return folder / f"{stem}.json", folder / f"{stem}.png"
 
 
+def parameters_of(args: Any, **extra: Any) -> dict[str, Any]:
+    """A run's parameters for its JSON: the command-line arguments (not --out), and extras."""
+    return {k: v for k, v in vars(args).items() if k != "out"} | extra
+
+
 def write_results(
     name: str,
     parameters: dict[str, Any],

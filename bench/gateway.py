@@ -64,6 +64,7 @@ from bench.common import (
     errorbar_args,
     finish,
     machine_info,
+    parameters_of,
     pin_pid,
     print_table,
     print_targets,
@@ -324,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     json_path, png_path = result_paths("gateway", args.out, args.quick)
-    parameters = {k: v for k, v in vars(args).items() if k != "out"}
-    parameters.update(
+    parameters = parameters_of(
+        args,
         procs=procs,
         server_cpus=sorted(server_cpus or []),
         client_cpus=sorted(client_cpus or []),
@@ -339,7 +340,6 @@ def main(argv: list[str] | None = None) -> int:
         notes=notes,
         machine=machine,
         started=started,
-        out_dir=args.out,
         path=json_path,
     )
     plot(figures, targets, args, png_path)

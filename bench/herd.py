@@ -64,6 +64,7 @@ from bench.common import (
     finish,
     log_sections,
     machine_info,
+    parameters_of,
     print_table,
     print_targets,
     progress,
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         target("lost updates (all runs)", lost_total, "0", lost_total == 0),
     ]
-    parameters = {k: v for k, v in vars(args).items() if k != "out"}
+    parameters = parameters_of(args)
     write_results(
         "herd",
         parameters,
@@ -324,7 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         notes=notes,
         machine=machine,
         started=started,
-        out_dir=args.out,
         path=json_path,
     )
     plot(figures, args, png_path)

@@ -61,6 +61,7 @@ from bench.common import (
     finish,
     log_sections,
     machine_info,
+    parameters_of,
     percentile,
     print_table,
     print_targets,
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "log: first Hamilton bus record showing the probe, stamped after its batch was applied",
         "poll: WHATSAT at Hamilton until known; overestimates by <= one poll RTT + gap",
     ]
-    parameters = {k: v for k, v in vars(args).items() if k != "out"}
+    parameters = parameters_of(args)
     write_results(
         "propagation",
         parameters,
@@ -318,7 +319,6 @@ def main(argv: list[str] | None = None) -> int:
         notes=notes,
         machine=machine,
         started=started,
-        out_dir=args.out,
         path=json_path,
     )
     plot(figures, methods, args, png_path)

@@ -45,6 +45,7 @@ from bench.common import (
     errorbar_args,
     finish,
     machine_info,
+    parameters_of,
     print_table,
     print_targets,
     progress,
@@ -237,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             "five servers start in parallel on this machine's cores",
         ),
     ]
-    parameters = {k: v for k, v in vars(args).items() if k != "out"}
-    parameters["zherd_command"] = zherd_command()
+    parameters = parameters_of(args, zherd_command=zherd_command())
     write_results(
         "startup",
         parameters,
@@ -246,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
         targets=goals,
         machine=machine,
         started=started,
-        out_dir=args.out,
         path=json_path,
     )
     rows = []

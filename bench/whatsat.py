@@ -48,6 +48,7 @@ from bench.common import (
     converge,
     finish,
     machine_info,
+    parameters_of,
     percentile,
     print_table,
     print_targets,
@@ -278,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "RSS counts the shared mmapped index; USS/PSS in the JSON",
         ),
     ]
-    parameters = {k: v for k, v in vars(args).items() if k != "out"}
-    parameters["procs"] = procs
+    parameters = parameters_of(args, procs=procs)
     write_results(
         "whatsat",
         parameters,
@@ -287,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         targets=goals,
         machine=machine,
         started=started,
-        out_dir=args.out,
         path=json_path,
         notes=["latency: rr, write to end of reply, in the client process"],
     )
