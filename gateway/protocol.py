@@ -154,9 +154,14 @@ def locate(event: IAmAt, server: str, received_ns: int) -> Location:
     )
 
 
+def at_text(client_id: str, coords: str, time: str, origin: str, skew: str) -> str:
+    """`AT <server> <skew> <client-id> <coords> <time>`, from the fields as they flood."""
+    return f"AT {origin} {skew} {client_id} {coords} {time}"
+
+
 def format_at(loc: Location) -> bytes:
-    """`AT <server> <skew> <client-id> <coords> <time>` without its newline."""
-    return f"AT {loc.origin} {loc.skew} {loc.client_id} {loc.coords} {loc.time}".encode()
+    """The AT line of a location, without its newline."""
+    return at_text(loc.client_id, loc.coords, loc.time, loc.origin, loc.skew).encode()
 
 
 def format_invalid(line: bytes) -> bytes:

@@ -87,7 +87,7 @@ class Gateway:
     def release(self) -> None:
         self.held = False
         for conn in list(self.connections):
-            conn.release()
+            conn.resume()
 
     async def close(self) -> None:
         if self._sweeper:
@@ -126,9 +126,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self._queue: deque[bytes | asyncio.Task[bytes]] = deque()
         self._inflight = 0
+        # lines waiting for room: behind the WHATSAT cap, a client not reading, a loading node
         self._held: tuple[list[bytes | Invalid], int] | None = None
-        self._early: list[bytes] = []  # what came while the gateway was held
-        self._early_eof = False
         self._eof = False
         self._loop = asyncio.get_running_loop()
 
@@ -159,33 +158,26 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
-        if self.gateway.held:  # the node is still loading: keep it, read no more
-            self._early.append(data)
-            self.transport.pause_reading()
-            return
-        self._handle(self.splitter.feed(data), time.time_ns())
-
-    def release(self) -> None:
-        """The gateway is no longer held: answer what came meanwhile, then read on."""
-        early, self._early = b"".join(self._early), []
-        if early:
-            self.data_received(early)
-        if self._early_eof:
-            self.eof_received()
-        self.resume()
+        self._take(self.splitter.feed(data))
 
     def eof_received(self) -> bool:
-        if self.gateway.held:
-            self._early_eof = True
-            return True
         last = self.splitter.close()
         self._eof = True
-        if last is not None and self._held is None:
-            self._handle([last], time.time_ns())
-        elif last is not None and self._held is not None:
-            self._held[0].append(last)
+        if last is not None:
+            self._take([last])
         self._flush()
         return True  # keep the socket open for our replies; _flush closes it
+
+    def _take(self, lines: list[bytes | Invalid]) -> None:
+        """Answer lines now, or queue them behind lines already waiting (order is kept)."""
+        if self._held is None and not self.gateway.held:
+            self._handle(lines, time.time_ns())
+        elif self._held is None:
+            self._held = (lines, time.time_ns())
+        else:
+            self._held[0].extend(lines)
+        if self._held is not None:
+            self.transport.pause_reading()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -194,14 +186,16 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self.last_active = self._loop.time()
-        if self._held is not None:  # lines read before the client stopped reading wait for room
-            if sent := self._flush():
-                self.node.trace(self.peer, (), sent)
-        else:
-            self.resume()
+        self.resume()
 
     def resume(self) -> None:
-        """Read again, unless something still holds this client back."""
+        """Room again (the client reads, the node has loaded): answer what waited, read on."""
+        if self._held is None:
+            self._read_on()
+        elif sent := self._flush():
+            self.node.trace(self.peer, (), sent)
+
+    def _read_on(self) -> None:
         if not (self.write_paused or self._eof or self.gateway.held or self._held is not None):
             self.transport.resume_reading()
 
@@ -281,13 +275,13 @@ class ClientConnection(asyncio.Protocol):
         sent = b"".join(ready)
         if sent:
             self._write(sent)
-        room = self._inflight < self.limits.max_inflight and not self.write_paused
-        if self._held is not None and room:
+        room = self._inflight < self.limits.max_inflight
+        if self._held is not None and room and not (self.write_paused or self.gateway.held):
             lines, received_ns = self._held
             self._held = None
-            self.resume()
+            self._read_on()
             self._handle(lines, received_ns)
-        elif self._eof and not queue and self._held is None and not self.transport.is_closing():
+        if self._eof and not queue and self._held is None and not self.transport.is_closing():
             self.transport.close()
         return sent
 

@@ -352,7 +352,7 @@ def test_replicator_takes_any_decoded_message_from_a_neighbor(
         if message is None:
             continue
         now += dt
-        stored = node.receive(peer, message, now, send)
+        stored = node.receive(peer, message, now)
         node.flush(send)
         if tick:
             node.tick(now, send)

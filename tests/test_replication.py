@@ -135,7 +135,7 @@ class Herd:
         src, dst = self.rng.choice(busy)
         message = self.queues[src, dst].popleft()
         node = self.nodes[dst]
-        node.receive(src, message, self.now, self.sender(dst))
+        node.receive(src, message, self.now)
         node.flush(self.sender(dst))
         return True
 
@@ -565,7 +565,7 @@ def test_dead_neighbor_is_detected_after_dead_after_of_silence() -> None:
 def test_a_dead_neighbor_is_told_to_resync_by_heartbeat() -> None:
     sent, send = recorder()
     a = Replicator("A", 0xA, ("B",), Store(), heartbeat=1, dead_after=3)
-    a.receive("B", Sync(0xB, 0, 0), 0.0, send)
+    a.receive("B", Sync(0xB, 0, 0), 0.0)
     a.flush(send)
     a.tick(1.0, send)
     assert sent[-1] == ("B", Heartbeat(0xA, 0))
@@ -625,15 +625,15 @@ def record(client: str, time: str, origin: str = "B") -> tuple[str, ...]:
 def test_gap_in_a_stream_asks_for_a_sync_once_per_retry() -> None:
     sent, send = recorder()
     a = Replicator("A", 0xA, ("B",), Store(), sync_retry=1.0)
-    a.receive("B", Updates(0xB, 0, 5, (record("x", "1"),)), 0.0, send)
+    a.receive("B", Updates(0xB, 0, 5, (record("x", "1"),)), 0.0)
     a.flush(send)
     assert [m for _, m in sent if isinstance(m, Sync)] == []
-    a.receive("B", Updates(0xB, 8, 9, (record("y", "1"),)), 0.1, send)  # 5..8 missed
-    a.receive("B", Heartbeat(0xB, 9), 0.2, send)  # crosses the Sync: no second one
+    a.receive("B", Updates(0xB, 8, 9, (record("y", "1"),)), 0.1)  # 5..8 missed
+    a.receive("B", Heartbeat(0xB, 9), 0.2)  # crosses the Sync: no second one
     a.flush(send)
     assert [m for _, m in sent if isinstance(m, Sync)] == [Sync(0xA, 0xB, 5)]
     assert a.store.get("y") is not None  # newest-wins makes out-of-order records safe
-    a.receive("B", Heartbeat(0xB, 9), 1.2, send)
+    a.receive("B", Heartbeat(0xB, 9), 1.2)
     a.flush(send)
     assert [m for _, m in sent if isinstance(m, Sync)] == [Sync(0xA, 0xB, 5)] * 2
 
@@ -645,13 +645,13 @@ def test_sync_resumes_the_stream_where_the_neighbor_is() -> None:
         location = location_from_wire(record(f"c{i}", "1", origin="A"))
         assert location is not None
         a.store.put(location)
-    a.receive("B", Sync(0xB, 0xA, 7), 0.0, send)
+    a.receive("B", Sync(0xB, 0xA, 7), 0.0)
     a.flush(send)
     assert sent[0] == ("B", Sync(0xA, 0, 0))  # first contact: it asks for B's stream too
     del sent[0]
     assert sent == [("B", Updates(0xA, 7, 10, tuple(record(f"c{i}", "1", "A") for i in (7, 8, 9))))]
     sent.clear()
-    a.receive("B", Sync(0xB, 0xDEAD, 7), 0.0, send)  # another epoch of ours: from the start
+    a.receive("B", Sync(0xB, 0xDEAD, 7), 0.0)  # another epoch of ours: from the start
     a.flush(send)
     assert sent[0][1].first == 0 and sent[0][1].last == 10  # type: ignore[union-attr]
     assert len(sent[0][1].records) == 10  # type: ignore[union-attr]
@@ -660,26 +660,24 @@ def test_sync_resumes_the_stream_where_the_neighbor_is() -> None:
 def test_sync_served_with_nothing_to_send_still_confirms() -> None:
     sent, send = recorder()
     a = Replicator("A", 0xA, ("B",), Store())
-    a.receive("B", Sync(0xB, 0, 0), 0.0, send)
+    a.receive("B", Sync(0xB, 0, 0), 0.0)
     a.flush(send)
     assert ("B", Updates(0xA, 0, 0, ())) in sent
 
 
 def test_stale_catch_up_records_are_counted_not_stored() -> None:
-    _, send = recorder()
     a = Replicator("A", 0xA, ("B",), Store())
-    a.receive("B", Updates(0xB, 0, 1, (record("x", "20"),)), 0.0, send)
-    stored = a.receive("B", Updates(0xB, 1, 3, (record("x", "10"), record("x", "15"))), 0.0, send)
+    a.receive("B", Updates(0xB, 0, 1, (record("x", "20"),)), 0.0)
+    stored = a.receive("B", Updates(0xB, 1, 3, (record("x", "10"), record("x", "15"))), 0.0)
     assert stored == []
     assert a.store.get("x").time == "20"  # type: ignore[union-attr]
     assert (a.counters.applied, a.counters.stale) == (1, 2)
 
 
 def test_invalid_records_are_dropped_and_counted() -> None:
-    _, send = recorder()
     a = Replicator("A", 0xA, ("B",), Store())
     bad = (("x", "+91+0", "1", "B", "+0.000000000"), ("x y", "+1+1", "1", "B", "+0.0"), None, 5)
-    stored = a.receive("B", Updates(0xB, 0, 1, (*bad, record("ok", "1"))), 0.0, send)
+    stored = a.receive("B", Updates(0xB, 0, 1, (*bad, record("ok", "1"))), 0.0)
     assert [e.location.client_id for e in stored] == ["ok"]
     assert a.counters.invalid == 4
     assert len(a.store) == 1
@@ -703,11 +701,11 @@ def test_a_sync_during_a_blocked_run_restarts_from_the_neighbors_position() -> N
         sent.append(message)
         return True
 
-    a.receive("B", Sync(0xB, 0, 0), 0.0, send)
+    a.receive("B", Sync(0xB, 0, 0), 0.0)
     assert not a.flush(send)
     assert [type(m) for m in sent] == [Sync, Updates]
     budget, mark = 100, len(sent)
-    a.receive("B", Sync(0xB, 0xA, 0), 0.1, send)  # the chunk never arrived
+    a.receive("B", Sync(0xB, 0xA, 0), 0.1)  # the chunk never arrived
     assert a.flush(send)
     resent = [m for m in sent[mark:] if isinstance(m, Updates)]
     assert resent[0].first == 0

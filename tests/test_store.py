@@ -135,8 +135,7 @@ def test_a_copy_by_another_path_is_counted_stale_and_not_stored_again() -> None:
     store = Store()
     replicator = Replicator("B", 1, ("A", "C"), store)
     record = loc("kiwi", "10")[:5]
-    send = lambda peer, message: True  # noqa: E731
-    assert len(replicator.receive("A", Updates(5, 0, 1, (record,)), 0.0, send)) == 1
-    assert replicator.receive("C", Updates(6, 0, 1, (record,)), 0.0, send) == []
+    assert len(replicator.receive("A", Updates(5, 0, 1, (record,)), 0.0)) == 1
+    assert replicator.receive("C", Updates(6, 0, 1, (record,)), 0.0) == []
     assert (replicator.counters.applied, replicator.counters.stale) == (1, 1)
     assert store.head == 1

@@ -8,17 +8,15 @@ and stops exactly the processes it started, by pid.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zherd.launcher import READY
+from zherd.launcher import await_ready, spawn, stop
 
 PAPER_LINKS = (
     ("Alford", "Parker"),
@@ -177,26 +175,13 @@ class Herd:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self, *names: str, storage: bool = True, timeout: float = 30.0) -> None:
-        """Start servers (all if none named) and wait until each listens."""
-        names = names or tuple(self.ports)
-        for name in names:
-            argv = [sys.executable, "-m", "zherd", "serve", name, "--config", str(self.config)]
-            self.procs[name] = subprocess.Popen(
-                argv + ([] if storage else ["--no-storage"]),
-                stdout=subprocess.PIPE,
-                text=True,
-                env=self.env,
-                cwd=self.root,
-            )
-        deadline = time.monotonic() + timeout
-        for name in names:
-            proc = self.procs[name]
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
-            line = proc.stdout.readline() if ready else ""  # printed once it listens
-            if not line.startswith(READY):
-                proc.kill()
-                raise RuntimeError(f"{name} did not start (status {proc.wait()})")
+        """Start servers (all if none named) and wait until each accepts clients."""
+        started = {
+            name: spawn(self.config, name, storage=storage, env=self.env, cwd=self.root)
+            for name in names or tuple(self.ports)
+        }
+        self.procs.update(started)
+        await_ready(started, timeout)
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
         """Signal one server we started and wait for it to exit; its exit status."""
@@ -207,16 +192,7 @@ class Herd:
 
     def stop(self, timeout: float = 10.0) -> dict[str, int]:
         """SIGTERM every server still running (SIGKILL after `timeout`); their statuses."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        statuses = {}
-        for name, proc in self.procs.items():
-            try:
-                statuses[name] = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                statuses[name] = proc.wait()
+        statuses = stop(self.procs, timeout)
         self.procs.clear()
         return statuses
 

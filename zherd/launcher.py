@@ -17,8 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from subprocess import Popen
+from typing import Any
 
 from zherd.config import ServerConfig, Topology
 
@@ -80,13 +82,10 @@ def supervise(topology: Topology, names: Sequence[str], storage: bool) -> int:
     children: dict[str, subprocess.Popen[str]] = {}
     try:
         for server in servers:
-            argv = [sys.executable, "-m", "zherd", "serve", server.name]
-            argv += ["--config", str(Path(topology.path).resolve())]
-            argv += [] if storage else ["--no-storage"]
-            children[server.name] = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent
+            children[server.name] = spawn(
+                topology.path, server.name, storage=storage, preexec_fn=_die_with_parent
             )
-        _await_ready(children, lambda: stopping)
+        await_ready(children, stopping=lambda: stopping)
         print(table(servers, {n: p.pid for n, p in children.items()}), flush=True)
         print("Ctrl-C stops the herd.", flush=True)
         running = dict(children)
@@ -97,17 +96,33 @@ def supervise(topology: Topology, names: Sequence[str], storage: bool) -> int:
                     print(f"{name} (pid {proc.pid}) exited with status {proc.returncode}")
                     del running[name]
     finally:
-        _stop(children)
+        stop(children)
     return 0
 
 
-def _await_ready(children: dict[str, subprocess.Popen[str]], stopping: object) -> None:
+def spawn(config: Path, name: str, *, storage: bool = True, **popen: Any) -> Popen[str]:
+    """A `zherd serve NAME` child, which prints its ready line once it accepts clients."""
+    argv = [sys.executable, "-m", "zherd", "serve", name, "--config", str(Path(config).resolve())]
+    argv += [] if storage else ["--no-storage"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, **popen)
+
+
+def await_ready(
+    children: Mapping[str, Popen[str]],
+    timeout: float = START_TIMEOUT,
+    stopping: Callable[[], bool] = lambda: False,
+) -> None:
+    """Wait until every child has said it accepts clients; LaunchError if one cannot."""
     waiting = {p.stdout.fileno(): (n, p) for n, p in children.items() if p.stdout}
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + timeout
     while waiting:
-        if stopping() or time.monotonic() > deadline:  # type: ignore[operator]
+        if stopping():
             raise LaunchError("stopped before every server was up")
-        readable, _, _ = select.select(list(waiting), [], [], 0.2)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            names = ", ".join(n for n, _ in waiting.values())
+            raise LaunchError(f"{names}: not accepting clients after {timeout:g} s")
+        readable, _, _ = select.select(list(waiting), [], [], min(0.2, left))
         for fd in readable:
             name, proc = waiting[fd]
             assert proc.stdout is not None
@@ -119,15 +134,18 @@ def _await_ready(children: dict[str, subprocess.Popen[str]], stopping: object) -
                 raise LaunchError(f"{name} exited with status {proc.returncode} while starting")
 
 
-def _stop(children: dict[str, subprocess.Popen[str]]) -> None:
-    """SIGTERM every child we started, then SIGKILL what is still there after a grace period."""
+def stop(children: Mapping[str, Popen[str]], timeout: float = STOP_TIMEOUT) -> dict[str, int]:
+    """SIGTERM every child we started, SIGKILL what is still there after `timeout`;
+    their exit statuses."""
     for proc in children.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for proc in children.values():
+    deadline = time.monotonic() + timeout
+    statuses = {}
+    for name, proc in children.items():
         try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
+            statuses[name] = proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            statuses[name] = proc.wait()
+    return statuses

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from gateway.protocol import Location
+from gateway.protocol import Location, at_text
 from gateway.server import Gateway
 from zherd import logs, wire
 from zherd.bus import Bus
@@ -210,7 +210,8 @@ class Node:
         return sent
 
     def _delivered(self, batch: Sequence[tuple[str, bytes]], dropped: Sequence[str]) -> None:
-        """A drained batch of neighbor messages: apply, then log it as one record."""
+        """A drained batch of neighbor messages: apply, then journal it (warn at once if
+        anything was dropped)."""
         now = asyncio.get_running_loop().time()
         lines: list[str] = []
         warn = bool(dropped)
@@ -222,7 +223,7 @@ class Node:
                 warn = True
                 continue
             invalid = self.replicator.counters.invalid
-            for entry in self.replicator.receive(peer, message, now, self._send):
+            for entry in self.replicator.receive(peer, message, now):
                 self._stored(entry)
             if not isinstance(message, wire.Heartbeat):
                 lines.extend(_describe(f"<- {peer}", message))
@@ -276,10 +277,9 @@ def _describe(prefix: str, message: wire.Message) -> list[str]:
 def _record(record: Any) -> str:
     """A flooded record as the AT line it stands for (or its repr, if it is not one)."""
     try:
-        client_id, coords, time, origin, skew = record
-    except (TypeError, ValueError):
+        return at_text(*record)
+    except TypeError:  # not five fields
         return repr(record)[:200]
-    return f"AT {origin} {skew} {client_id} {coords} {time}"
 
 
 def _allow_descriptors(wanted: int) -> None:

@@ -86,7 +86,7 @@ class Replicator:
 
     # a neighbor's message
 
-    def receive(self, peer: str, message: Message, now: float, send: Send) -> list[Entry]:
+    def receive(self, peer: str, message: Message, now: float) -> list[Entry]:
         """Apply a message from a permitted neighbor; the entries it stored."""
         inbound = self.inbound[peer]
         inbound.last_heard = now
@@ -96,7 +96,7 @@ class Replicator:
             if not isinstance(message, Updates):
                 self._ask(inbound, now)  # first contact: do not wait for a heartbeat
         if isinstance(message, Updates):
-            return self._updates(peer, inbound, message, now, send)
+            return self._updates(peer, inbound, message, now)
         if isinstance(message, Heartbeat):
             if message.tip < 0 or message.epoch != inbound.epoch or message.tip != inbound.seq:
                 self._ask(inbound, now)
@@ -104,9 +104,7 @@ class Replicator:
             self._serve(peer, message)
         return []
 
-    def _updates(
-        self, peer: str, inbound: Inbound, message: Updates, now: float, send: Send
-    ) -> list[Entry]:
+    def _updates(self, peer: str, inbound: Inbound, message: Updates, now: float) -> list[Entry]:
         stored = []
         put, holds, counters = self.store.put, self.store.holds, self.counters
         for record in message.records:
