@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 NS = 1_000_000_000
 MAX_RADIUS_KM = 50.0
@@ -23,28 +23,9 @@ _TIME_RE = rb"([+-]?)([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % _MAX_INT_DIGITS
 # The whole IAMAT grammar in one match, the hot path: in a bytes pattern \s is exactly
 # the ASCII whitespace that bytes.split() cuts on.
 _IAMAT = re.compile(rb"\s*IAMAT\s+(\S+)\s+(%s)\s+(%s)\s*" % (_COORDS_RE, _TIME_RE))
-# A flooded record: client_id coords time origin skew, joined by single spaces.
-_RECORD = re.compile(rb"(\S+) (%s) (%s) (\S+) [+-][0-9]+\.[0-9]{9}" % (_COORDS_RE, _TIME_RE))
 _RADIUS = re.compile(rb"[0-9]{1,10}(?:\.[0-9]{1,10})?")
 _COUNT = re.compile(rb"[0-9]{1,10}")
 _NEWLINES = re.compile(rb"\n+")
-
-
-class Location(NamedTuple):
-    """What the herd knows of a client: its fix as it sent it, and who heard it.
-
-    The first five fields are the client's and origin's text, echoed exactly and
-    flooded as they are; the last three are parsed from them once, on arrival.
-    """
-
-    client_id: str
-    coords: str
-    time: str
-    origin: str
-    skew: str
-    time_ns: int
-    lat: float
-    lon: float
 
 
 class IAmAt(NamedTuple):
@@ -124,44 +105,6 @@ def _whatsat(fields: list[bytes], line: bytes) -> Event:
     if not (0.0 < radius_km <= MAX_RADIUS_KM and 1 <= n <= MAX_RESULTS):
         return Invalid(line)
     return WhatsAt(client_id.decode(), radius_km, n)
-
-
-def location_from_wire(fields: Any) -> Location | None:
-    """Validate a flooded (client_id, coords, time, origin, skew); None if anything is off.
-
-    Peers are checked exactly like clients, so a broken or hostile neighbor can
-    never plant a record that a client could not have sent. No field may hold
-    whitespace, so joined by spaces they make one line to match (the hot path of
-    every server: each update is checked once per server).
-    """
-    if not isinstance(fields, list | tuple) or len(fields) != 5:
-        return None
-    try:
-        m = _RECORD.fullmatch(" ".join(fields).encode())
-    except (TypeError, UnicodeEncodeError):  # not text, or a lone surrogate no client can send
-        return None
-    if m is None or (point := _point(m[3], m[4])) is None:
-        return None
-    client_id, coords, time, origin, skew = fields
-    return Location(client_id, coords, time, origin, skew, _nanoseconds(*m.group(6, 7, 8)), *point)
-
-
-def locate(event: IAmAt, server: str, received_ns: int) -> Location:
-    """The record an IAMAT makes at the server that heard it."""
-    skew = format_skew(received_ns - event.time_ns)
-    return Location(
-        event.client_id, event.coords, event.time, server, skew, event.time_ns, event.lat, event.lon
-    )
-
-
-def at_text(client_id: str, coords: str, time: str, origin: str, skew: str) -> str:
-    """`AT <server> <skew> <client-id> <coords> <time>`, from the fields as they flood."""
-    return f"AT {origin} {skew} {client_id} {coords} {time}"
-
-
-def format_at(loc: Location) -> bytes:
-    """The AT line of a location, without its newline."""
-    return at_text(loc.client_id, loc.coords, loc.time, loc.origin, loc.skew).encode()
 
 
 def format_invalid(line: bytes) -> bytes:

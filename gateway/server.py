@@ -12,20 +12,16 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from gateway.backend import Backend, Fix
 from gateway.protocol import (
     IAmAt,
     Invalid,
     LineSplitter,
-    Location,
     WhatsAt,
-    format_at,
     format_invalid,
     format_whatsat,
-    locate,
     parse_line,
     places_error,
 )
@@ -40,25 +36,11 @@ class Limits:
     max_clients: int = 10_000  # open connections per server
     max_pending_output: int = 1024 * 1024  # bytes queued for a client before we drop it
     max_inflight: int = 32  # WHATSATs awaiting places per connection before we stop reading
+    max_future: float = 86400.0  # seconds a client's time may be ahead of ours
+    max_id: int = 256  # bytes of a client id
 
 
-class Node(Protocol):
-    """What the gateway needs from a herd node."""
-
-    name: str
-
-    def record(self, location: Location) -> None: ...
-
-    def lookup(self, client_id: str) -> Location | None: ...
-
-    def find_places(self, lat: float, lon: float, radius_km: float, count: int) -> Awaitable[bytes]:
-        """The places near a point as a JSON document (legacy Nearby Search shape)."""
-
-    def trace(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
-        """One call per batch: every line in, every byte out (the node logs them)."""
-
-    def note(self, message: str) -> None:
-        """Connection events and drops, for the node's log."""
+Node = Backend
 
 
 class Gateway:
@@ -203,15 +185,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _handle(self, lines: list[bytes | Invalid], received_ns: int) -> None:
         """Answer a batch of lines; replies ready now go out in one write."""
-        node, name = self.node, self.node.name
+        node = self.node
         out: list[bytes] = []
         handled = lines
         for i, line in enumerate(lines):
             event = line if isinstance(line, Invalid) else parse_line(line)
             if isinstance(event, IAmAt):
-                loc = locate(event, name, received_ns)
-                node.record(loc)
-                out.append(format_at(loc) + b"\n")
+                out.append(node.iamat(event, received_ns) + b"\n")
             elif isinstance(event, Invalid):
                 out.append(format_invalid(event.line))
             elif (loc := node.lookup(event.client_id)) is None:
@@ -234,19 +214,19 @@ class ClientConnection(asyncio.Protocol):
             self._write(sent)
         node.trace(self.peer, [ln.line if isinstance(ln, Invalid) else ln for ln in handled], sent)
 
-    def _start_whatsat(self, loc: Location, event: WhatsAt) -> asyncio.Task[bytes]:
+    def _start_whatsat(self, loc: Fix, event: WhatsAt) -> asyncio.Task[bytes]:
         self._inflight += 1
         task = self._loop.create_task(self._whatsat(loc, event))
         task.add_done_callback(self._whatsat_done)
         return task
 
-    async def _whatsat(self, loc: Location, event: WhatsAt) -> bytes:
+    async def _whatsat(self, loc: Fix, event: WhatsAt) -> bytes:
         try:
             places = await self.node.find_places(loc.lat, loc.lon, event.radius_km, event.count)
         except Exception as e:  # a provider must answer, but a client must never hang
             self.node.note(f"places failed for {self.peer}: {type(e).__name__}")
             places = places_error("UNKNOWN_ERROR", "places are not available right now")
-        return format_whatsat(format_at(loc), places)
+        return format_whatsat(loc.at_line, places)
 
     def _whatsat_done(self, task: asyncio.Task[bytes]) -> None:
         self._inflight -= 1

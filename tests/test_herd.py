@@ -494,9 +494,9 @@ def test_one_log_file_per_server_with_every_client_line(paper) -> None:
         neighbors = {n for link in paper.links if server in link for n in link} - {server}
         for n in neighbors:  # first contact may still be on its way when the herd answers
             wait_until(
-                lambda s=server, n=n: f"neighbor {n} connected" in paper.log(s),
+                lambda s=server, n=n: f"neighbor {n} up" in paper.log(s),
                 timeout=CONVERGE,
-                what=f"{server} to log {n} connected",
+                what=f"{server} to log {n} up",
             )
     # The update flooded: Hamilton logged it arriving from Parker.
     wait_until(lambda: f"   {at_line}" in paper.log("Hamilton"), timeout=CONVERGE)

@@ -54,6 +54,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(topology: config.Topology, name: str, storage: bool, *, announce: bool) -> int:
+    from zherd.disk import StorageError
     from zherd.node import serve  # heavy imports only for a process that serves
 
     def ready() -> None:
@@ -65,6 +66,8 @@ def _serve(topology: config.Topology, name: str, storage: bool, *, announce: boo
 
     try:
         serve(topology, name, storage=storage, ready=ready)
+    except StorageError as e:
+        raise LaunchError(f"{name}: {e}") from None
     except OSError as e:
         raise LaunchError(f"{name}: cannot listen for clients: {e.strerror or e}") from None
     except zmq.ZMQError as e:

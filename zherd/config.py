@@ -31,6 +31,7 @@ class ServerConfig:
     host: str
     port: int
     bus_port: int
+    status_port: int | None = None  # HTTP /healthz, /status (on host); None: no endpoint
 
     @property
     def bus_endpoint(self) -> str:
@@ -61,10 +62,13 @@ class LoggingConfig:
     retention: int = 5  # rotated files kept per server
 
 
+FSYNC = ("always", "everysec", "no")
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     dir: Path | None  # None: in memory only
-    flush_interval: float = 0.05  # seconds between batched commits
+    fsync: str = "everysec"  # when the log is forced to the device: see README, Storage
 
 
 @dataclass(frozen=True)
@@ -123,12 +127,21 @@ def _servers(raw: Any, where: str) -> dict[str, ServerConfig]:
             raise ConfigError(f"{at}: a server name must be non-empty with no whitespace")
         if not isinstance(spec, dict):
             raise ConfigError(f"{at}: must be a table")
-        _known(spec, {"host", "port", "bus_port"}, at)
+        _known(spec, {"host", "port", "bus_port", "status_port"}, at)
         host = spec.get("host", "127.0.0.1")
         if not isinstance(host, str) or not host:
             raise ConfigError(f"{at}: host must be a non-empty string")
-        server = ServerConfig(name, host, _port(spec, "port", at), _port(spec, "bus_port", at))
-        for key, port in (("port", server.port), ("bus_port", server.bus_port)):
+        status = _port(spec, "status_port", at) if "status_port" in spec else None
+        server = ServerConfig(
+            name, host, _port(spec, "port", at), _port(spec, "bus_port", at), status
+        )
+        for key, port in (
+            ("port", server.port),
+            ("bus_port", server.bus_port),
+            ("status_port", status),
+        ):
+            if port is None:
+                continue
             if (host, port) in ports:
                 raise ConfigError(f"{at}: {key} {port} is already used by {ports[host, port]}")
             ports[host, port] = f"{name}.{key}"
@@ -197,11 +210,13 @@ def _logging(raw: Mapping[str, Any], base: Path, where: str) -> LoggingConfig:
 
 def _storage(raw: Mapping[str, Any], base: Path, where: str) -> StorageConfig:
     at = f"{where}: [storage]"
-    _known(raw, {"dir", "enabled", "flush_interval"}, at)
+    _known(raw, {"dir", "enabled", "fsync"}, at)
     enabled = _typed(raw, "enabled", bool, True, at)
     folder = _dir(raw.get("dir", "var"), base, f"{at} dir")
-    interval = _positive(raw, "flush_interval", StorageConfig(None).flush_interval, at)
-    return StorageConfig(folder if enabled else None, interval)
+    fsync = _typed(raw, "fsync", str, StorageConfig(None).fsync, at)
+    if fsync not in FSYNC:
+        raise ConfigError(f"{at}: fsync must be one of {', '.join(FSYNC)}, not {fsync!r}")
+    return StorageConfig(folder if enabled else None, fsync)
 
 
 def _limits(raw: Mapping[str, Any], where: str) -> Limits:
@@ -216,6 +231,8 @@ def _limits(raw: Mapping[str, Any], where: str) -> Limits:
             _positive(raw, "max_pending_output", d.max_pending_output, at, integer=True)
         ),
         max_inflight=int(_positive(raw, "max_inflight", d.max_inflight, at, integer=True)),
+        max_future=_positive(raw, "max_future", d.max_future, at),
+        max_id=int(_positive(raw, "max_id", d.max_id, at, integer=True)),
     )
 
 

@@ -7,11 +7,13 @@ and stops exactly the processes it started, by pid.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def topology_toml(
-    ports: Mapping[str, tuple[int, int]],
+    ports: Mapping[str, tuple[int, ...]],
     links: Iterable[tuple[str, str]],
     sections: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
@@ -53,8 +55,9 @@ def topology_toml(
         out.append(f"[{table}]")
         out += [f"{key} = {_toml(value)}" for key, value in values.items()]
         out.append("")
-    for name, (port, bus_port) in ports.items():
-        out += [f"[servers.{name}]", f"port = {port}", f"bus_port = {bus_port}", ""]
+    for name, (port, bus_port, *status) in ports.items():
+        out += [f"[servers.{name}]", f"port = {port}", f"bus_port = {bus_port}"]
+        out += [f"status_port = {status[0]}", ""] if status else [""]
     return "\n".join(out)
 
 
@@ -155,8 +158,8 @@ class Herd:
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(2 * len(servers))
-        self.ports = {n: (ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(servers)}
+        ports = free_ports(3 * len(servers))
+        self.ports = {n: tuple(ports[3 * i : 3 * i + 3]) for i, n in enumerate(servers)}
         self.links = tuple(links)
         sections = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}, **(sections or {})}
         self.config = self.root / "topology.toml"
@@ -166,6 +169,16 @@ class Herd:
 
     def port(self, name: str) -> int:
         return self.ports[name][0]
+
+    def status(self, name: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The server's `/status` document (what it holds, its links, its counters)."""
+        url = f"http://127.0.0.1:{self.ports[name][2]}/status"
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return json.load(reply)
+
+    def link(self, name: str, peer: str) -> dict[str, Any]:
+        """One neighbor's entry in a server's status."""
+        return self.status(name)["neighbors"][peer]
 
     def client(self, name: str) -> Client:
         return Client(self.port(name))

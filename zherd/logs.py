@@ -1,31 +1,85 @@
 """One loguru file per server, rotated so a long run cannot fill the disk.
 
-Callers log one record per batch (a `data_received`, a bus drain, a flush), not
-one per line: a batch record costs ~0.15 us a line against ~9 us for a call each.
+Every physical line of a log file is one event and says when and where:
+
+    2026-12-02T07:40:01.123456Z | Alford | INFO    | client 127.0.0.1:5555 <- IAMAT ...
+
+even when a loop turn's events are written as one record (`journal.Journal`).
+Text from clients and neighbors is escaped (`\\x1b`, `\\r`, ...) and cut when
+long, so no input can forge a line, recolour a terminal or bloat the file.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
 from zherd.config import LoggingConfig
 
-FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSSSSS} | {level: <7} | {message}"
+MAX_LOGGED = 512  # characters of one client or neighbor line kept in the log
+LEVEL_WIDTH = 7
+
+# Every C0 control, DEL, and what some viewers take for a line break (NEL, LS, PS).
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, 0x85]}
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape(text: str) -> str:
+    """`text` with every control character written out, so it stays one line."""
+    return text.translate(_ESCAPES)
+
+
+def shown(data: bytes) -> str:
+    """Client or neighbor bytes for a log line: never raises, never hides a byte,
+    never more than MAX_LOGGED characters (a cut line says its length)."""
+    if len(data) > MAX_LOGGED:
+        return escape(data[:MAX_LOGGED].decode("utf-8", "backslashreplace")) + (
+            f"... ({len(data)} bytes)"
+        )
+    return escape(data.decode("utf-8", "backslashreplace"))
+
+
+def stamp(when: datetime | None = None) -> str:
+    """The time prefix of a line: UTC, microseconds."""
+    when = when or datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def prefix(server: str, level: str, when: datetime | None = None) -> str:
+    return f"{stamp(when)} | {server} | {level:<{LEVEL_WIDTH}} | "
+
+
+def lines(head: str, body: Iterable[str]) -> str:
+    """Event lines that share one prefix, joined for one write."""
+    return "".join(head + line + "\n" for line in body)
+
+
+def _format(record: dict[str, Any]) -> str:
+    """Every line of a record gets the prefix (a multi-line message from anywhere
+    in the code stays greppable); records the journal built are written as they are."""
+    extra = record["extra"]
+    if "raw" not in extra:
+        when = record["time"].astimezone(UTC)
+        head = prefix(extra.get("server", "-"), record["level"].name, when)
+        extra["raw"] = lines(head, record["message"].split("\n"))
+    return "{extra[raw]}{exception}"
 
 
 def setup(server: str, config: LoggingConfig, console_level: str = "WARNING") -> Path:
     """Send this process's records to `<dir>/<server>.log` (and warnings to stderr)."""
     logger.remove()
+    logger.configure(extra={"server": server})
     config.dir.mkdir(parents=True, exist_ok=True)
     path = config.dir / f"{server}.log"
     logger.add(
         path,
         level=config.level,
-        format=FORMAT,
+        format=_format,
         rotation=config.rotation,
         retention=config.retention,
         backtrace=False,
@@ -41,23 +95,8 @@ def setup(server: str, config: LoggingConfig, console_level: str = "WARNING") ->
     return path
 
 
-def block(title: str, lines: Iterable[str]) -> str:
-    """A multi-line record: a title, then each line indented under it."""
-    return title + "".join("\n    " + line for line in lines)
-
-
-def text(data: bytes) -> str:
-    """Client bytes for a log line: never raises, never hides a byte."""
-    return data.decode("utf-8", "backslashreplace")
-
-
-def lines(arrow: str, data: bytes | Sequence[bytes]) -> str:
-    """Lines of a batch, each on its own indented row after `arrow`, decoded in one go."""
-    if not isinstance(data, bytes):
-        data = b"\n".join(data)
-    elif data.endswith(b"\n"):
-        data = data.rstrip(b"\n")
-    if not data:
-        return ""
-    prefix = f"\n    {arrow} "
-    return prefix + text(data).replace("\n", prefix)
+def write(server: str, level: str, events: Iterable[str]) -> None:
+    """Several events as one record: one call, one write, every line prefixed."""
+    text = lines(prefix(server, level), events)
+    if text:
+        logger.bind(raw=text).log(level, text.rstrip("\n"))

@@ -1,40 +1,48 @@
-"""One herd server: the one place that wires store, storage, bus, gateway and places.
+"""One herd server: the one place that wires its parts together.
 
-Everything runs on one event loop. An IAMAT or a neighbor's update that is newer
-goes into the store; a flush is then scheduled for the end of this loop turn, so
-updates that arrive together leave together (one message per neighbor) while a
-lone update still leaves at once.
+    gateway (clients) --iamat--> Locations --entry--> Disk (end of turn)
+                                     |                  then replies leave
+    Bus <--Links--> Replicator <-----+                  then Links.flush
+
+Every part runs on one event loop; `turn.Turn` orders what a loop turn's work
+must do once it is over. One `asyncio.TaskGroup` owns every background task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import secrets
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import orjson
 from loguru import logger
 
-from gateway.protocol import Location, at_text
+from gateway.backend import Fix
+from gateway.protocol import IAmAt
 from gateway.server import Gateway
-from zherd import logs, wire
+from zherd import logs, record
 from zherd.bus import Bus
 from zherd.config import Topology
+from zherd.counters import Counters
+from zherd.disk import Disk, Loaded, Meta
+from zherd.journal import Journal
+from zherd.links import Links
+from zherd.locations import FROM_CLIENT, Locations
 from zherd.places import PlacesProvider, make_provider
-from zherd.replication import Replicator
-from zherd.storage import Cursors, Storage
-from zherd.store import Entry, Store
+from zherd.replication import Replicator, Rules
+from zherd.turn import Turn
 
-# The storage thread must not hold the GIL for the default 5 ms each time the event loop
-# waits on IO (the convoy effect): with storage on, that cut herd throughput 2.5x.
+# A thread (a snapshot, the places index) must not hold the GIL for the default 5 ms each
+# time the event loop waits on IO (the convoy effect): that once cut herd throughput 2.5x.
 SWITCH_INTERVAL = 0.0005
-RETRY_FIRST, RETRY_MAX = 0.01, 0.1  # seconds before resending to a neighbor that is down or full
+ANCESTORS_KEPT = 8  # earlier epochs whose stream positions a neighbor may resume from
+NS = 1_000_000_000
 
 
 class Node:
@@ -44,34 +52,62 @@ class Node:
         self.name = name
         self.neighbors = topology.neighbors(name)
         self.epoch = secrets.randbits(62) | 1  # new every boot: tells a restart from a cut
-        self.store = Store()
-        self.storage = (
-            Storage(topology.storage.dir / f"{name}.sqlite3")
-            if storage and topology.storage.dir is not None
-            else None
+        self.started = time.time()
+        limits = topology.limits
+        self.counters = Counters.for_neighbors(self.neighbors)
+        self.locations = Locations()
+        folder = topology.storage.dir
+        self.disk = (
+            Disk(folder, name, topology.storage.fsync) if storage and folder is not None else None
         )
-        self.replicator = Replicator(name, self.epoch, self.neighbors, self.store)
+        rules = Rules(
+            origins=frozenset(s.encode() for s in topology.servers),
+            max_future_ns=int(limits.max_future * NS),
+            max_id=limits.max_id,
+        )
+        self.replicator = Replicator(
+            name, self.epoch, self.neighbors, self.locations, rules, self.counters.links
+        )
+        self.journal = Journal(name)
+        self.gateway = Gateway(self, limits)
+        self.turn = Turn([])
+        self.links = Links(
+            self.replicator,
+            self.counters,
+            self.journal,
+            self._stored,
+            self.turn.soon,
+            rules.max_future_ns,
+        )
+        self.turn.steps = [self._commit, self.links.flush, self.journal.write]
         self.places: PlacesProvider = make_provider(topology.places)
-        self.gateway = Gateway(self, topology.limits)
-        self.bus: Bus | None = None
-        self.malformed = 0  # bus frames that were not messages, or not from a neighbor
-        self._flush_pending = False
-        self._retry = RETRY_FIRST  # doubles while sends keep failing (a neighbor down)
-        self._retry_timer: asyncio.TimerHandle | None = None
-        self._sent: list[tuple[str, wire.Message]] = []
-        self._turn_log: list[str] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self.loaded = False
+        self.stopping = False
+        self._origin = name.encode()
         self._stopping = asyncio.Event()
 
-    # gateway.server.Node
+    # gateway.backend.Backend
 
-    def record(self, location: Location) -> None:
-        entry = self.store.put(location)
-        if entry is not None:
+    def iamat(self, event: IAmAt, received_ns: int) -> bytes:
+        skew = record.format_skew(received_ns - event.time_ns)
+        line = record.make(self.name, skew, event.client_id, event.coords, event.time)
+        entry = self.locations.put(
+            event.client_id.encode(), event.time_ns, self._origin, line, FROM_CLIENT
+        )
+        self.counters.iamat += 1
+        if entry is None:
+            self.counters.iamat_stale += 1
+        else:
             self._stored(entry)
+        return record.at_line(line)
 
-    def lookup(self, client_id: str) -> Location | None:
-        return self.store.get(client_id)
+    def lookup(self, client_id: str) -> Fix | None:
+        line = self.locations.get(client_id.encode())
+        if line is None:
+            return None
+        self.counters.whatsat += 1
+        _, _, _, lat, lon = record.fields(line)
+        return Fix(record.at_line(line), lat, lon)
 
     async def find_places(self, lat: float, lon: float, radius_km: float, count: int) -> bytes:
         places = await self.places.nearby(lat, lon, radius_km, count)
@@ -79,207 +115,150 @@ class Node:
 
     def trace(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
         if received or sent:
-            self._journal(f"client {peer}" + logs.lines("<-", received) + logs.lines("->", sent))
+            self.journal.client(peer, received, sent)
+            self.turn.soon()
 
     def note(self, message: str) -> None:
-        self._journal(message)
+        self.journal.add(logs.escape(message))
+        self.turn.soon()
 
-    def _journal(self, text: str) -> None:
-        """One loop turn's traffic, clients and bus, goes out as one log record (a call
-        costs ~9 us), written after the turn's updates have left for the neighbors."""
-        if not self._turn_log:
-            asyncio.get_running_loop().call_soon(self._write_journal)
-        self._turn_log.append(text)
+    # the turn
 
-    def _write_journal(self) -> None:
-        try:
-            if self._flush_pending:
-                self._flush()  # forward first: the log must not add latency to the flood
-        finally:
-            turn, self._turn_log = self._turn_log, []
-            logger.info("\n".join(turn))
+    def _stored(self, entry: bytes) -> None:
+        if self.disk is not None:
+            self.disk.add(entry)
+        self.turn.soon()
+
+    def _commit(self) -> None:
+        """Step 1 of a turn: what it stored, and where our neighbors' streams stand."""
+        disk = self.disk
+        if disk is None:
+            return
+        if self.replicator.cursors_changed:
+            disk.add_meta(self._meta())
+        if disk.commit():
+            self.counters.wal_writes += 1
+        if disk.wants_compaction(len(self.locations)):
+            disk.compact(list(self.locations), self._meta())
+
+    def _meta(self) -> Meta:
+        return Meta(self.epoch, self.replicator.cursors(), self.replicator.ancestors)
 
     # lifecycle
 
     async def run(self, ready: Callable[[], None] = lambda: None) -> None:
-        """Serve until SIGTERM/SIGINT (or `stop()`), then shut down cleanly."""
+        """Serve until SIGTERM/SIGINT (or `stop()`), then shut down in order."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        self.bus = Bus(  # bound now, so a port in use is an error before "ready"
+        if self.disk is not None:
+            self.disk.open()  # a folder we cannot write stops us before "ready"
+        bus = self.links.bus = Bus(  # bound now, so a port in use is an error before "ready"
             self.name,
             f"tcp://{self.config.host}:{self.config.bus_port}",
             {n: self.topology.servers[n].bus_endpoint for n in self.neighbors},
-            self._delivered,
+            self.links.delivered,
         )
         self.gateway.hold()  # clients connect at once and wait for the store
         await self.gateway.start(self.config.host, self.config.port)
-        await self.places.start()
         ready()
-        await self._restore()
-        self.bus.start()
-        self.replicator.start(loop.time(), self._send)
-        self._schedule_flush()
-        self._tasks.append(asyncio.create_task(self._ticks()))
-        if self.storage is not None:
-            interval = self.topology.storage.flush_interval
-            self._tasks.append(asyncio.create_task(self.storage.run(interval, self._cursors)))
-        self.gateway.release()
-        logger.info(
-            f"{self.name} up: clients on {self.config.host}:{self.config.port}, "
-            f"neighbors {', '.join(self.neighbors) or '(none)'} via bus port "
-            f"{self.config.bus_port}, epoch {self.epoch:x}, {len(self.store)} locations"
-        )
-        await self._stopping.wait()
-        await self._shutdown()
+        status = None
+        if self.config.status_port is not None:
+            from zherd import status as status_endpoint  # aiohttp: after clients are accepted
+
+            status = await status_endpoint.start(self, self.config.host, self.config.status_port)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.places.start())
+            await self._restore()
+            bus.start()
+            self.replicator.start(loop.time(), self.links.send)
+            self.turn.soon()
+            background = [tasks.create_task(self.links.heartbeats())]
+            if self.disk is not None and self.disk.fsync == "everysec":
+                background.append(tasks.create_task(self._sync_every_second()))
+            self.loaded = True
+            self.gateway.release()
+            logger.info(
+                f"{self.name} up: clients on {self.config.host}:{self.config.port}, "
+                f"neighbors {', '.join(self.neighbors) or '(none)'} via bus port "
+                f"{self.config.bus_port}, epoch {self.epoch:x}, {len(self.locations)} locations"
+            )
+            await self._stopping.wait()
+            for task in background:
+                task.cancel()
+            await self._shutdown()
+        if status is not None:
+            await status.cleanup()
 
     def stop(self) -> None:
+        self.stopping = True
         self._stopping.set()
+
+    def loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
 
     async def _restore(self) -> None:
         """Load the store from disk off the loop, which meanwhile accepts clients."""
-        if self.storage is None:
+        if self.disk is None:
             return
-        saved = await asyncio.to_thread(self.storage.open)
-        self.store.restore(saved.entries)
-        for peer, (epoch, seq) in saved.cursors.items():
-            if peer in self.replicator.inbound:
-                self.replicator.inbound[peer].epoch = epoch
-                self.replicator.inbound[peer].seq = seq
+        began = time.monotonic()
+        loaded = await asyncio.to_thread(self._load)
+        meta, head = loaded.meta, self.locations.head
+        if loaded.damaged:
+            logger.error(
+                f"storage: {loaded.damaged} damaged frames dropped; asking every neighbor "
+                "for its whole stream:\n" + "\n".join(loaded.problems[:20])
+            )
+            self.replicator.forget()
+            ancestors: dict[int, int] = {}
+        else:
+            self.replicator.restore(meta.cursors, {})
+            ancestors = {e: min(s, head) for e, s in meta.ancestors.items()}
+            if meta.epoch:
+                ancestors[meta.epoch] = head
+        self.replicator.ancestors = dict(list(ancestors.items())[-ANCESTORS_KEPT:])
+        assert self.disk is not None
+        self.disk.add_meta(self._meta())
+        self.disk.commit()
         logger.info(
-            f"storage {self.storage.path}: {len(saved.entries)} locations restored"
-            + (f", {saved.skipped} invalid rows skipped" if saved.skipped else "")
+            f"storage {self.disk.folder}: {len(self.locations)} locations restored in "
+            f"{time.monotonic() - began:.2f} s ({loaded.frames} frames read)"
         )
+
+    def _load(self) -> Loaded:
+        """In a thread: read the files and build the store (nothing else touches it yet)."""
+        assert self.disk is not None
+        loaded = self.disk.load()
+        self.locations.restore(loaded.entries)
+        loaded.entries.clear()
+        return loaded
+
+    async def _sync_every_second(self) -> None:
+        assert self.disk is not None
+        while True:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(self.disk.sync)
 
     async def _shutdown(self) -> None:
+        """Clients first, then a last turn (commit, flush), then disk, bus, places."""
         logger.info(f"{self.name} shutting down")
-        for task in self._tasks:
-            task.cancel()
         await self.gateway.close()
-        self._flush()
-        if self.storage is not None:
-            await self.storage.close(self._cursors())
+        self.turn.end()
+        if self.disk is not None:
+            await self.disk.close()
+        if self.links.bus is not None:
+            self.links.bus.close()
+            self.links.bus = None  # a flush retry still scheduled must not touch closed sockets
         await self.places.close()
-        if self.bus is not None:
-            self.bus.close()
-            self.bus = None  # a flush retry still scheduled must not touch closed sockets
-        if self._turn_log:
-            self._write_journal()
-        c = self.replicator.counters
+        self.journal.write()
+        links = self.counters.links.values()
         logger.info(
-            f"{self.name} stopped: {len(self.store)} locations; from neighbors {c.applied} "
-            f"updates applied, {c.stale} stale, {c.invalid} invalid records and "
-            f"{self.malformed} malformed or foreign frames dropped"
+            f"{self.name} stopped: {len(self.locations)} locations; from neighbors "
+            f"{sum(c.applied for c in links)} updates applied, {sum(c.stale for c in links)} "
+            f"stale, {sum(c.invalid for c in links)} invalid records, "
+            f"{sum(c.malformed for c in links) + self.counters.foreign_frames} frames dropped"
         )
         logger.complete()
-
-    # the herd side
-
-    def _stored(self, entry: Entry) -> None:
-        if self.storage is not None:
-            self.storage.mark(entry)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Send what is due; if a neighbor is down or full, try again later (backing off)
-        without holding up the next loop turn's flush to the others."""
-        self._flush_pending = False
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
-        if self.bus is None:
-            return
-        if self.replicator.flush(self._send):
-            self._retry = RETRY_FIRST
-        else:
-            loop = asyncio.get_running_loop()
-            self._retry_timer = loop.call_later(self._retry, self._flush)
-            self._retry = min(2 * self._retry, RETRY_MAX)
-        self._log_sent()
-
-    def _send(self, peer: str, message: wire.Message) -> bool:
-        assert self.bus is not None
-        sent = self.bus.send(peer, wire.encode(message))
-        if sent and not isinstance(message, wire.Heartbeat):
-            self._sent.append((peer, message))
-        return sent
-
-    def _delivered(self, batch: Sequence[tuple[str, bytes]], dropped: Sequence[str]) -> None:
-        """A drained batch of neighbor messages: apply, then journal it (warn at once if
-        anything was dropped)."""
-        now = asyncio.get_running_loop().time()
-        lines: list[str] = []
-        warn = bool(dropped)
-        for peer, payload in batch:
-            message = wire.decode(payload)
-            if message is None:
-                self.malformed += 1
-                lines.append(f"!! {peer}: malformed message dropped ({len(payload)} bytes)")
-                warn = True
-                continue
-            invalid = self.replicator.counters.invalid
-            for entry in self.replicator.receive(peer, message, now):
-                self._stored(entry)
-            if not isinstance(message, wire.Heartbeat):
-                lines.extend(_describe(f"<- {peer}", message))
-            if self.replicator.counters.invalid > invalid:
-                bad = self.replicator.counters.invalid - invalid
-                lines.append(f"!! {peer}: {bad} invalid records dropped")
-                warn = True
-        for why in dropped:
-            self.malformed += 1
-            lines.append(f"!! {why} dropped")
-        self._schedule_flush()  # replies (a Sync, a restarted stream) leave with the flush
-        self._log_events()
-        if warn:
-            logger.warning(logs.block("bus", lines))  # hostile or broken: said at once
-        elif lines:
-            self._journal(logs.block("bus", lines))
-
-    def _cursors(self) -> Cursors:
-        return {p: (s.epoch, s.seq) for p, s in self.replicator.inbound.items() if s.epoch}
-
-    async def _ticks(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.replicator.heartbeat)
-            self.replicator.tick(loop.time(), self._send)
-            self._log_events()
-            self._flush()
-
-    def _log_events(self) -> None:
-        for event in self.replicator.events:
-            self._journal(event)
-        self.replicator.events.clear()
-
-    def _log_sent(self) -> None:
-        if self._sent:
-            lines = [ln for peer, m in self._sent for ln in _describe(f"-> {peer}", m)]
-            self._sent.clear()
-            self._journal(logs.block("bus", lines))
-
-
-def _describe(prefix: str, message: wire.Message) -> list[str]:
-    if isinstance(message, wire.Updates):
-        head = f"{prefix}: updates ({message.first}, {message.last}] epoch {message.epoch:x}"
-        return [head] + [f"   {_record(r)}" for r in message.records]
-    if isinstance(message, wire.Sync):
-        known = f"{message.known_seq} of epoch {message.known_epoch:x}"
-        return [f"{prefix}: sync from epoch {message.epoch:x}, holding {known}"]
-    return [f"{prefix}: {message}"]
-
-
-def _record(record: Any) -> str:
-    """A flooded record as the AT line it stands for (or its repr, if it is not one)."""
-    try:
-        return at_text(*record)
-    except TypeError:  # not five fields
-        return repr(record)[:200]
 
 
 def _allow_descriptors(wanted: int) -> None:
@@ -291,6 +270,15 @@ def _allow_descriptors(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: ~4x the default loop for request/response on 3.11."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def serve(
     topology: Topology, name: str, *, storage: bool = True, ready: Callable[[], None] = lambda: None
 ) -> None:
@@ -298,19 +286,17 @@ def serve(
     logs.setup(name, topology.logging)
     _allow_descriptors(topology.limits.max_clients + 256)
     sys.setswitchinterval(SWITCH_INTERVAL)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     started = time.monotonic()
 
     async def main() -> None:
         node = Node(topology, name, storage=storage)
 
         def announce() -> None:
-            logger.info(f"accepting clients {time.monotonic() - started:.3f} s after start")
+            took = time.monotonic() - started
+            logger.info(f"accepting clients {took:.3f} s after start (pid {os.getpid()})")
             ready()
 
         await node.run(announce)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())

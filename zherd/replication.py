@@ -3,28 +3,80 @@
 Each server streams its store, in sequence order, to each neighbor. Live flooding
 and catch-up are the same mechanism: per neighbor a cursor into the store, and
 each flush sends whatever lies past it. A neighbor that was cut off or restarted
-says where its copy of our stream ends (Sync) and the cursor goes back there, so
-a short cut costs what was missed and a restart (new epoch) costs one snapshot.
+says where its copy of our stream ends (Sync) and the cursor goes back there.
+
+A restart keeps the stream: the entries a server restores from its disk keep
+their sequence numbers, so a neighbor's position in the stream of our previous
+epoch is still good up to the restored head (`ancestors`), and a restart costs
+what was missed, not the size of the store. A position we cannot vouch for (a
+tail lost to power loss, a server that lost its disk) gets the whole stream, at
+most once per `full_resend_interval` per neighbor.
+
 Heartbeats carry the stream's tip, which lets a receiver notice a gap even when
 nothing else is flowing, and let both ends notice a dead neighbor.
 
-Nothing here touches a socket or a clock: `now` and `send` come from the caller.
+Nothing here touches a socket or a clock: `now` and `send` come from the caller,
+and what a caller should log comes back as typed events.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gateway.protocol import location_from_wire
-from zherd.store import Entry, Store
+from zherd.counters import LinkCounters
+from zherd.locations import RECORD, Locations, seq_of, via_of
+from zherd.record import Valid, check
 from zherd.wire import Heartbeat, Message, Sync, Updates
 
 Send = Callable[[str, Message], bool]  # (neighbor, message) -> False if it would block
+Cursors = dict[str, tuple[int, int]]  # neighbor -> (epoch, seq) of its stream applied here
 
-CHUNK = 1024  # records per Updates message
+CHUNK_BYTES = 256 * 1024  # records per Updates message, in bytes: far below any peer's limit
+RECORD_OVERHEAD = 8  # msgpack framing counted per record, so tiny records are bounded too
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborUp:
+    peer: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborDown:
+    peer: str
+    silent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Records of a neighbor's message that failed validation."""
+
+    peer: str
+    count: int
+    reason: str  # the first one's
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """A Sync served: the neighbor gets our stream from `start` (0: all of it)."""
+
+    peer: str
+    start: int
+    head: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A full resend asked for too soon after the last one: served later."""
+
+    peer: str
+    wait: float
+
+
+Event = NeighborUp | NeighborDown | Dropped | CatchUp | Deferred
 
 
 @dataclass
@@ -35,9 +87,12 @@ class Outbound:
     tip: int = 0  # the `last` of the newest Updates it was sent: its position in our stream
     resend_until: int = 0  # catch-up range also carries what came from this neighbor
     peer_epoch: int = 0  # the neighbor's boot epoch at its last Sync
-    pending: deque[Entry] = field(default_factory=deque)  # taken from the store, not yet sent
+    pending: deque[bytes] = field(default_factory=deque)  # taken from the store, not yet sent
     pending_to: int = 0  # the seq the pending run ends at
     confirm: bool = False  # a Sync was served: open the stream even if there is nothing to send
+    full_at: float = -math.inf  # when we last started a full resend to it
+    deferred: Sync | None = None  # a full resend that waits for the interval
+    catchup_to: int = 0  # what a served Sync owes it runs to here; later records are live
 
 
 @dataclass
@@ -50,15 +105,16 @@ class Inbound:
     asked_at: float = -math.inf  # when we last sent a Sync
     ask: bool = False  # a Sync is due: sent by the next flush
     alive: bool = False
+    peer_epoch: int = 0  # the epoch its last message carried
 
 
-@dataclass
-class Counters:
-    applied: int = 0  # updates that were newer and stored
-    stale: int = 0  # updates we already had (or newer)
-    invalid: int = 0  # records that failed validation
-    syncs_sent: int = 0
-    syncs_served: int = 0
+@dataclass(frozen=True)
+class Rules:
+    """What a neighbor's record must satisfy (see `record.check`)."""
+
+    origins: frozenset[bytes]
+    max_future_ns: int
+    max_id: int
 
 
 class Replicator:
@@ -67,60 +123,106 @@ class Replicator:
         name: str,
         epoch: int,
         neighbors: tuple[str, ...],
-        store: Store,
+        store: Locations,
+        rules: Rules,
+        links: Mapping[str, LinkCounters],
         *,
         heartbeat: float = 1.0,
         dead_after: float = 3.0,
         sync_retry: float = 1.0,
+        full_resend_interval: float = 10.0,
     ) -> None:
         self.name = name
         self.epoch = epoch
         self.store = store
+        self.rules = rules
+        self.links = links
         self.heartbeat = heartbeat
         self.dead_after = dead_after
         self.sync_retry = sync_retry
+        self.full_resend_interval = full_resend_interval
+        self.via = {n: i for i, n in enumerate(neighbors)}  # index kept in each entry
         self.outbound = {n: Outbound() for n in neighbors}
         self.inbound = {n: Inbound() for n in neighbors}
-        self.counters = Counters()
-        self.events: list[str] = []  # connects and disconnects, for the node's log
+        self.ancestors: dict[int, int] = {}  # our earlier epochs -> seq their stream is good to
+        self.events: list[Event] = []  # for the node's log, taken with `take_events`
+        self.cursors_changed = False  # inbound positions moved since `cursors()` was last read
+
+    # restart
+
+    def restore(self, cursors: Cursors, ancestors: Mapping[int, int]) -> None:
+        """Resume from a previous run: its positions in our neighbors' streams, and
+        the epochs whose streams ours continues (each good up to a seq)."""
+        for peer, (epoch, seq) in cursors.items():
+            if peer in self.inbound:
+                self.inbound[peer].epoch, self.inbound[peer].seq = epoch, seq
+        self.ancestors = dict(ancestors)
+
+    def cursors(self) -> Cursors:
+        """Our position in each neighbor's stream (what a restart resumes from)."""
+        self.cursors_changed = False
+        return {p: (s.epoch, s.seq) for p, s in self.inbound.items() if s.epoch}
+
+    def take_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
 
     # a neighbor's message
 
-    def receive(self, peer: str, message: Message, now: float) -> list[Entry]:
-        """Apply a message from a permitted neighbor; the entries it stored."""
+    def receive(self, peer: str, message: Message, now: float, latest_ns: int) -> list[bytes]:
+        """Apply a message from an authenticated neighbor; the entries it stored.
+
+        `latest_ns`: the newest client time a record may carry (now + the bound).
+        """
         inbound = self.inbound[peer]
         inbound.last_heard = now
+        inbound.peer_epoch = message.epoch
+        self.links[peer].messages_in += 1
         if not inbound.alive:
             inbound.alive = True
-            self.events.append(f"neighbor {peer} connected (epoch {message.epoch:x})")
+            self.events.append(NeighborUp(peer, message.epoch))
             if not isinstance(message, Updates):
                 self._ask(inbound, now)  # first contact: do not wait for a heartbeat
         if isinstance(message, Updates):
-            return self._updates(peer, inbound, message, now)
+            return self._updates(peer, inbound, message, now, latest_ns)
         if isinstance(message, Heartbeat):
             if message.tip < 0 or message.epoch != inbound.epoch or message.tip != inbound.seq:
                 self._ask(inbound, now)
         else:
-            self._serve(peer, message)
+            self._serve(peer, message, now)
         return []
 
-    def _updates(self, peer: str, inbound: Inbound, message: Updates, now: float) -> list[Entry]:
+    def _updates(
+        self, peer: str, inbound: Inbound, message: Updates, now: float, latest_ns: int
+    ) -> list[bytes]:
         stored = []
-        put, holds, counters = self.store.put, self.store.holds, self.counters
+        store, rules, via = self.store, self.rules, self.via[peer]
+        put, holds = store.put, store.holds
+        invalid, reason = 0, ""
         for record in message.records:
-            if holds(record):  # a copy by another path (the stale count below includes it)
+            if holds(record):  # a copy by another path (counted stale below)
                 continue
-            location = location_from_wire(record)
-            if location is None:
-                counters.invalid += 1
-            elif (entry := put(location, peer)) is not None:
+            valid = check(record, rules.origins, latest_ns, rules.max_id)
+            if type(valid) is not Valid:
+                invalid += 1
+                reason = reason or valid.reason  # type: ignore[union-attr]
+            elif (
+                entry := put(valid.client_id, valid.time_ns, valid.origin, record, via)
+            ) is not None:
                 stored.append(entry)
-        counters.applied += len(stored)
-        counters.stale += len(message.records) - len(stored)
+        link = self.links[peer]
+        link.records_in += len(message.records)
+        link.applied += len(stored)
+        link.invalid += invalid
+        link.stale += len(message.records) - len(stored) - invalid
+        if invalid:
+            self.events.append(Dropped(peer, invalid, reason))
         # Newest-wins makes every update safe to apply; only a continuous stream moves us on.
         in_order = message.epoch == inbound.epoch and message.first == inbound.seq
         if in_order or message.first == 0:
-            inbound.epoch, inbound.seq = message.epoch, message.last
+            if (inbound.epoch, inbound.seq) != (message.epoch, message.last):
+                inbound.epoch, inbound.seq = message.epoch, message.last
+                self.cursors_changed = True
             inbound.asked_at = -math.inf
         else:
             self._ask(inbound, now)
@@ -131,17 +233,39 @@ class Replicator:
         if now - inbound.asked_at >= self.sync_retry:
             inbound.ask, inbound.asked_at = True, now
 
-    def _serve(self, peer: str, sync: Sync) -> None:
-        """Rewind our stream to where the neighbor's copy ends (the start, if not this epoch)."""
+    def _resume_point(self, sync: Sync) -> int | None:
+        """Where the neighbor's copy of our stream ends, if our stream still holds it."""
+        if sync.known_epoch == self.epoch:
+            return sync.known_seq if sync.known_seq <= self.store.head else None
+        good_to = self.ancestors.get(sync.known_epoch)
+        return sync.known_seq if good_to is not None and sync.known_seq <= good_to else None
+
+    def _serve(self, peer: str, sync: Sync, now: float) -> None:
+        """Rewind our stream to where the neighbor's copy ends (the start, if we cannot
+        vouch for it: a full resend, granted at most once per interval)."""
         out = self.outbound[peer]
+        start = self._resume_point(sync)
+        if start is None or start == 0:
+            wait = out.full_at + self.full_resend_interval - now
+            if wait > 0:
+                if out.deferred is None:
+                    self.events.append(Deferred(peer, wait))
+                out.deferred = sync
+                self.links[peer].syncs_deferred += 1
+                return
+            out.full_at = now
+            self.links[peer].full_resends += 1
+            start = 0
+        out.deferred = None
         head = self.store.head
-        resume = sync.known_epoch == self.epoch and sync.known_seq <= head
-        out.cursor = out.tip = sync.known_seq if resume else 0
+        out.cursor = out.tip = start
         if sync.epoch != out.peer_epoch:  # a new process: it may have lost what it told us
-            out.peer_epoch, out.resend_until = sync.epoch, head  # so resend all of it
+            out.peer_epoch, out.resend_until = sync.epoch, head  # so that goes back too
         out.pending.clear()
         out.confirm = True
-        self.counters.syncs_served += 1
+        out.catchup_to = head
+        self.links[peer].syncs_served += 1
+        self.events.append(CatchUp(peer, start, head))
 
     # our stream
 
@@ -152,7 +276,7 @@ class Replicator:
             if inbound.ask:
                 if send(peer, Sync(self.epoch, inbound.epoch, inbound.seq)):
                     inbound.ask = False
-                    self.counters.syncs_sent += 1
+                    self.links[peer].syncs_sent += 1
                 else:
                     done = False
         for peer, out in self.outbound.items():
@@ -162,7 +286,7 @@ class Replicator:
 
     def _flush_one(self, peer: str, out: Outbound, send: Send) -> bool:
         store = self.store
-        if not out.pending and store.head > out.cursor:
+        if not out.pending and store.head > out.cursor:  # type: ignore[operator]
             out.pending.extend(store.since(out.cursor))  # type: ignore[arg-type]
             out.pending_to = store.head
         pending = out.pending
@@ -170,29 +294,43 @@ class Replicator:
             if not send(peer, Updates(self.epoch, out.tip, out.tip, ())):
                 return False
             out.confirm = False
+        via, resend_until, link = self.via[peer], out.resend_until, self.links[peer]
         while pending:
-            chunk = [pending.popleft() for _ in range(min(CHUNK, len(pending)))]
-            last = out.pending_to if not pending else chunk[-1].seq
-            records = [e.location[:5] for e in chunk if e.via != peer or e.seq <= out.resend_until]
+            chunk: list[bytes] = []
+            records: list[bytes] = []
+            size = 0
+            while pending and size < CHUNK_BYTES:
+                entry = pending.popleft()
+                chunk.append(entry)
+                if via_of(entry) != via or seq_of(entry) <= resend_until:
+                    record = entry[RECORD]
+                    records.append(record)
+                    size += len(record) + RECORD_OVERHEAD
+            last = out.pending_to if not pending else seq_of(chunk[-1])
             if records or out.confirm:
-                if not send(peer, Updates(self.epoch, out.tip, last, tuple(records))):
+                bulk = last <= out.catchup_to
+                if not send(peer, Updates(self.epoch, out.tip, last, tuple(records), bulk)):
                     pending.extendleft(reversed(chunk))
                     return False
                 out.tip, out.confirm = last, False
+                link.records_out += len(records)
             out.cursor = last
         return True
 
     # time passing
 
     def tick(self, now: float, send: Send) -> None:
-        """Heartbeats to every neighbor; notice the ones that went quiet."""
+        """Heartbeats to every neighbor; notice the ones that went quiet; serve
+        full resends whose interval has passed."""
         for peer, inbound in self.inbound.items():
             out = self.outbound[peer]
             if inbound.alive and now - inbound.last_heard > self.dead_after:
                 inbound.alive = False
                 out.cursor = None  # it will tell us where to resume when it is back
                 out.pending.clear()
-                self.events.append(f"neighbor {peer} disconnected (silent {self.dead_after:g} s)")
+                self.events.append(NeighborDown(peer, self.dead_after))
+            if out.deferred is not None and now >= out.full_at + self.full_resend_interval:
+                self._serve(peer, out.deferred, now)
             tip = out.tip if out.cursor is not None else -1
             send(peer, Heartbeat(self.epoch, tip))
 
@@ -202,3 +340,9 @@ class Replicator:
             self._ask(inbound, now)
         self.tick(now, send)
         self.flush(send)
+
+    def forget(self) -> None:
+        """Our disk was damaged: ask every neighbor for its whole stream."""
+        for inbound in self.inbound.values():
+            inbound.epoch = inbound.seq = 0
+        self.cursors_changed = True

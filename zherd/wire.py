@@ -6,9 +6,9 @@ was only cut off. `decode` trusts nothing: any bytes in, a message or None out.
 
 - Sync(epoch, known_epoch, known_seq): "I hold your stream up to known_seq of
   known_epoch (0: nothing); send me what follows."
-- Updates(epoch, first, last, records): your stream's range (first, last];
-  records are the (client_id, coords, time, origin, skew) tuples in it that you
-  may not have (updates that came from you are left out of the live flow).
+- Updates(epoch, first, last, records, bulk): your stream's range (first, last];
+  records are the records (`zherd.record`: one line of bytes each) in it that
+  you may not have (updates that came from you are left out of the live flow).
 - Heartbeat(epoch, tip): "I am alive; my stream to you is at `tip`" (-1: send
   me a Sync first). A receiver whose position differs knows it missed something.
 """
@@ -36,7 +36,8 @@ class Updates:
     epoch: int
     first: int
     last: int
-    records: tuple[Any, ...]  # checked one by one on arrival: protocol.location_from_wire
+    records: tuple[bytes, ...]  # checked one by one on arrival: record.check
+    bulk: bool = False  # part of a catch-up (logged as a range), not the live flow
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ def encode(message: Message) -> bytes:
             message.first,
             message.last,
             message.records,
+            message.bulk,
         )
     elif isinstance(message, Sync):
         fields = (SYNC, message.epoch, message.known_epoch, message.known_seq)
@@ -73,10 +75,10 @@ def decode(payload: bytes) -> Message | None:
     if not isinstance(fields, tuple) or not fields or not _ints(fields[:4]):  # kind too: True == 1
         return None
     kind, n = fields[0], len(fields)
-    if kind == UPDATES and n == 5 and type(fields[4]) is tuple:  # not an ExtType namedtuple
-        _, epoch, first, last, records = fields
+    if kind == UPDATES and n == 6 and type(fields[4]) is tuple and type(fields[5]) is bool:
+        _, epoch, first, last, records, bulk = fields
         if epoch > 0 and 0 <= first <= last:
-            return Updates(epoch, first, last, records)
+            return Updates(epoch, first, last, records, bulk)
     elif kind == SYNC and n == 4:
         _, epoch, known_epoch, known_seq = fields
         if epoch > 0 and known_epoch >= 0 and known_seq >= 0:

@@ -1,0 +1,52 @@
+"""Every count a server keeps, in one place that programs read (`/status`, `/metrics`).
+
+Plain integer attributes bumped on the hot paths: a counter costs an attribute
+add, never a lock, a label lookup or a log line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    """Traffic with one neighbor."""
+
+    records_in: int = 0  # records received in Updates
+    applied: int = 0  # newer than what we held: stored
+    stale: int = 0  # we held it already (or newer)
+    invalid: int = 0  # failed validation: dropped
+    records_out: int = 0  # records sent in Updates
+    messages_in: int = 0
+    messages_out: int = 0
+    malformed: int = 0  # frames that were not messages
+    syncs_sent: int = 0
+    syncs_served: int = 0  # catch-ups we started for it
+    full_resends: int = 0  # of those, the ones from the start of our stream
+    syncs_deferred: int = 0  # full resends asked for too soon after the last one
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Counters:
+    """A server's counts since it started."""
+
+    links: dict[str, LinkCounters]
+    iamat: int = 0  # client updates answered AT
+    iamat_stale: int = 0  # of those, older than what we held (answered, not stored)
+    whatsat: int = 0  # WHATSATs answered
+    foreign_frames: int = 0  # bus frames from no neighbor, or not authenticated as one
+    wal_writes: int = 0  # durable writes (one per loop turn with something to write)
+    wal_records: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def for_neighbors(cls, neighbors: tuple[str, ...]) -> Counters:
+        return cls({n: LinkCounters() for n in neighbors})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,268 @@
+"""Durable locations: an append-only log written once per loop turn, and snapshots.
+
+An `AT` reply promises that the location survives a crash of this process, so a
+turn's new entries reach the file before that turn's replies leave: one
+`write()` per turn (group commit), whatever the number of updates in it. The
+kernel's page cache then holds them, which a killed process cannot lose;
+`fsync` decides what a power loss can take (`always`: nothing; `everysec`: up
+to a second of this server's updates, which its neighbors already hold; `no`:
+what the kernel had not written back).
+
+Every frame carries a CRC-32, so a damaged byte is found when the file is read:
+the frame is dropped, logged, and the server asks its neighbors for everything
+(`Loaded.damaged`). When the log outgrows the live data it is compacted: the
+entries of one moment are written to a new snapshot in a thread while later
+turns go to a fresh log, then the old log is removed.
+
+Files, in `dir`: `NAME.snapshot` (may be missing), `NAME.log.old` (a log being
+compacted away; present only if a compaction was cut short), `NAME.log`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgpack
+
+FRAME = struct.Struct("<IIB")  # payload length, CRC-32 of kind + payload, kind
+ENTRY, META = 1, 2  # frame kinds: a `locations` entry; the stream positions (msgpack)
+MAX_FRAME = 1 << 24
+Fsync = Literal["always", "everysec", "no"]
+COMPACT_MIN = 64 << 20  # bytes of log before a compaction is worth it
+
+
+class StorageError(RuntimeError):
+    """Storage that cannot be used; the message says what and where, for the operator."""
+
+
+@dataclass
+class Meta:
+    """What a restart needs besides the entries."""
+
+    epoch: int = 0  # the epoch of the process that wrote it
+    cursors: dict[str, tuple[int, int]] = field(default_factory=dict)
+    ancestors: dict[int, int] = field(default_factory=dict)
+
+    def pack(self) -> bytes:
+        return msgpack.packb(
+            (self.epoch, {p: list(c) for p, c in self.cursors.items()}, self.ancestors)
+        )
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Meta:
+        epoch, cursors, ancestors = msgpack.unpackb(payload, strict_map_key=False)
+        return cls(epoch, {p: (e, s) for p, (e, s) in cursors.items()}, dict(ancestors))
+
+
+@dataclass
+class Loaded:
+    entries: list[bytes]  # in the order written (restore keeps the newest per client)
+    meta: Meta
+    frames: int
+    damaged: int  # frames whose checksum failed, or a file cut short mid-frame
+    problems: list[str]  # what was damaged, where: for the log
+
+
+_SEEDS = {kind: zlib.crc32(bytes((kind,))) for kind in (ENTRY, META)}
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return FRAME.pack(len(payload), zlib.crc32(payload, _SEEDS[kind]), kind) + payload
+
+
+def read_frames(data: bytes, where: str) -> Iterator[tuple[int, bytes] | str]:
+    """Each intact frame's (kind, payload), or a problem string for a damaged one."""
+    view = memoryview(data)
+    offset, end, size = 0, len(data), FRAME.size
+    unpack, crc32 = FRAME.unpack_from, zlib.crc32
+    while offset < end:
+        if end - offset < size:
+            yield f"{where}: cut short at byte {offset}"
+            return
+        length, crc, kind = unpack(data, offset)
+        start = offset + size
+        if length > MAX_FRAME or start + length > end:
+            yield f"{where}: frame at byte {offset} runs past the end: rest of the file dropped"
+            return
+        payload = view[start : start + length]
+        if crc32(payload, crc32(bytes((kind,)))) != crc:
+            yield f"{where}: frame at byte {offset} fails its checksum: dropped"
+        else:
+            yield kind, bytes(payload)
+        offset = start + length
+
+
+class Disk:
+    def __init__(self, folder: Path, name: str, fsync: Fsync = "everysec") -> None:
+        self.folder = folder
+        self.log_path = folder / f"{name}.log"
+        self.old_path = folder / f"{name}.log.old"
+        self.snapshot_path = folder / f"{name}.snapshot"
+        self.fsync = fsync
+        self._fd = -1
+        self._pending: list[bytes] = []
+        self.log_bytes = 0
+        self.unsynced = False
+        self.writes = 0  # write() calls that carried frames
+        self.failing: str | None = None  # why the last write failed, until one succeeds
+        self._compacting: asyncio.Task[None] | None = None
+
+    # opening
+
+    def open(self) -> None:
+        """Make the folder and open the log for appending; StorageError says why not.
+
+        Called before the server says it is ready, so that a folder it cannot write
+        stops it with one clear line instead of failing later."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as e:
+            why = f"storage {self.log_path}: cannot open for writing: {e.strerror}"
+            raise StorageError(why) from None
+        self.log_bytes = os.fstat(self._fd).st_size
+
+    def load(self) -> Loaded:
+        """Read everything back (in a thread: the loop meanwhile accepts clients)."""
+        loaded = Loaded([], Meta(), 0, 0, [])
+        for path in (self.snapshot_path, self.old_path, self.log_path):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StorageError(f"storage {path}: cannot read: {e.strerror}") from None
+            entries = loaded.entries
+            for item in read_frames(data, str(path)):
+                if type(item) is str:
+                    loaded.damaged += 1
+                    loaded.problems.append(item)
+                    continue
+                kind, payload = item  # type: ignore[misc]
+                loaded.frames += 1
+                if kind == ENTRY:
+                    entries.append(payload)
+                elif kind == META:
+                    try:
+                        loaded.meta = Meta.unpack(payload)
+                    except (ValueError, TypeError) as e:
+                        loaded.damaged += 1
+                        loaded.problems.append(f"{path}: unreadable positions ({e})")
+        return loaded
+
+    # writing, once per loop turn
+
+    def add(self, entry: bytes) -> None:
+        self._pending.append(frame(ENTRY, entry))
+
+    def add_meta(self, meta: Meta) -> None:
+        self._pending.append(frame(META, meta.pack()))
+
+    def commit(self) -> int:
+        """Write the turn's frames in one call; how many entries went out.
+
+        A failing disk (full, read-only) keeps the frames for the next turn and says
+        why in `failing`: the server goes on serving, from memory and its neighbors.
+        """
+        pending = self._pending
+        if not pending:
+            return 0
+        data = b"".join(pending)
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            if self.fsync == "always":
+                os.fdatasync(self._fd)
+            else:
+                self.unsynced = True
+        except OSError as e:
+            self.failing = e.strerror or str(e)
+            return 0
+        self.failing = None
+        self.writes += 1
+        self.log_bytes += len(data)
+        self._pending = []
+        return len(pending)
+
+    def sync(self) -> None:
+        """fdatasync the log (for `everysec`, from a thread)."""
+        if self.unsynced and self._fd >= 0:
+            self.unsynced = False
+            os.fdatasync(self._fd)
+
+    # compaction
+
+    def wants_compaction(self, live_entries: int) -> bool:
+        return self._compacting is None and self.log_bytes > max(COMPACT_MIN, 300 * live_entries)
+
+    def compact(self, entries: Sequence[bytes], meta: Meta) -> asyncio.Task[None]:
+        """Start writing a snapshot of `entries` (taken this turn) while later turns go
+        to a fresh log; the old log is removed once the snapshot is safely in place."""
+        self.commit()
+        os.close(self._fd)
+        os.replace(self.log_path, self.old_path)
+        self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.log_bytes = 0
+        self.add_meta(meta)
+        self._compacting = asyncio.ensure_future(asyncio.to_thread(self._snapshot, entries, meta))
+        self._compacting.add_done_callback(self._compacted)
+        return self._compacting
+
+    def _compacted(self, task: asyncio.Task[None]) -> None:
+        self._compacting = None
+
+    def _snapshot(self, entries: Sequence[bytes], meta: Meta) -> None:
+        tmp = self.snapshot_path.with_name(self.snapshot_path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            batch: list[bytes] = []
+            for entry in entries:
+                batch.append(frame(ENTRY, entry))
+                if len(batch) >= 4096:
+                    f.write(b"".join(batch))
+                    batch.clear()
+            batch.append(frame(META, meta.pack()))
+            f.write(b"".join(batch))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.snapshot_path)
+        _fsync_dir(self.folder)
+        self.old_path.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        if self._compacting is not None:
+            with contextlib.suppress(Exception):
+                await self._compacting
+        self.commit()
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                if self.fsync != "no":
+                    os.fdatasync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "log": str(self.log_path),
+            "log_bytes": self.log_bytes,
+            "writes": self.writes,
+            "fsync": self.fsync,
+            "failing": self.failing,
+            "compacting": self._compacting is not None,
+        }
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

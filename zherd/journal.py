@@ -1,0 +1,57 @@
+"""A loop turn's log: every line in and out, every bus message, as one record.
+
+One record per turn, not one call per line (a loguru call costs ~9 us, a line of a
+batch ~0.15 us). A turn's record is bounded: each line is cut at
+`logs.MAX_LOGGED` characters, and past `max_bytes` a turn logs how many lines it
+left out instead of them, so no burst can write a record larger than the
+rotation size. Warnings (hostile or broken input) are written at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from zherd import logs
+
+MAX_TURN_BYTES = 4 << 20
+
+
+class Journal:
+    __slots__ = ("_bytes", "_events", "_left_out", "max_bytes", "server")
+
+    def __init__(self, server: str, max_bytes: int = MAX_TURN_BYTES) -> None:
+        self.server = server
+        self.max_bytes = max_bytes
+        self._events: list[str] = []
+        self._bytes = 0
+        self._left_out = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._events or self._left_out)
+
+    def add(self, event: str) -> None:
+        if self._bytes > self.max_bytes:
+            self._left_out += 1
+            return
+        self._bytes += len(event)
+        self._events.append(event)
+
+    def client(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
+        """A batch of one client connection: each line in, each line out."""
+        shown = logs.shown
+        for line in received:
+            self.add(f"client {peer} <- {shown(line)}")
+        if sent:
+            for line in sent.rstrip(b"\n").split(b"\n"):
+                self.add(f"client {peer} -> {shown(line)}")
+
+    def write(self) -> None:
+        """The turn's record, once per turn."""
+        if self._left_out:
+            self._events.append(f"{self._left_out} more lines this turn not logged (turn limit)")
+        if self._events:
+            logs.write(self.server, "INFO", self._events)
+        self._events, self._bytes, self._left_out = [], 0, 0
+
+    def warn(self, events: Sequence[str]) -> None:
+        logs.write(self.server, "WARNING", events)
