@@ -83,6 +83,7 @@ class Node:
         self.places: PlacesProvider = make_provider(topology.places)
         self.loaded = False
         self.stopping = False
+        self.restored = 0  # locations read from disk at start
         self._origin = name.encode()
         self._stopping = asyncio.Event()
 
@@ -204,6 +205,7 @@ class Node:
         began = time.monotonic()
         loaded = await asyncio.to_thread(self._load)
         meta, head = loaded.meta, self.locations.head
+        self.restored = len(self.locations)
         if loaded.damaged:
             logger.error(
                 f"storage: {loaded.damaged} damaged frames dropped; asking every neighbor "

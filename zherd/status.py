@@ -62,6 +62,7 @@ def snapshot(node: Node) -> dict[str, Any]:
         "epoch": f"{node.epoch:x}",
         "head": node.locations.head,
         "clients_known": len(node.locations),
+        "restored": node.restored,
         "connections": len(node.gateway.connections),
         "counters": {k: v for k, v in counters.as_dict().items() if k != "links"},
         "neighbors": neighbors,
