@@ -108,11 +108,14 @@ class Locations:
         """Load entries of a previous run, in the order they were stored (a later
         entry for the same client replaces an earlier one)."""
         store = self._entries
-        head = self.head
+        pop, start = store.pop, HEADER.size
+        last = None
         for entry in entries:
-            client_id = client_of(entry[RECORD])
-            if client_id in store:
-                del store[client_id]
-            store[client_id] = entry
-            head = max(head, seq_of(entry))
-        self.head = head
+            # the client id: the record's third field (origin, skew, client id, ...)
+            skew_at = entry.index(b" ", start) + 1
+            id_at = entry.index(b" ", skew_at) + 1
+            client_id = entry[id_at : entry.index(b" ", id_at)]
+            pop(client_id, None)  # a later entry moves to the end: dict order is seq order
+            store[client_id] = last = entry
+        if last is not None:
+            self.head = max(self.head, seq_of(last))
