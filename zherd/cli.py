@@ -9,12 +9,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from zherd import config
+from zherd import config, logview
 from zherd.client import (
     Connection,
     Target,
@@ -42,6 +43,10 @@ examples:
 """
 
 
+class UsageError(Exception):
+    """Arguments that cannot be acted on; the message is for the operator."""
+
+
 def default_topology_text() -> str:
     """The paper's herd, for `zherd init` (one line to point at the packaged copy)."""
     return (Path(__file__).resolve().parent.parent / "topology.toml").read_text()
@@ -51,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (config.ConfigError, LaunchError, TargetError) as e:
+    except (config.ConfigError, LaunchError, TargetError, UsageError) as e:
         print(f"zherd: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -209,7 +214,7 @@ def _start(args: argparse.Namespace) -> int:
     api_key(topology.places)  # a missing key stops us before any server starts
     names = list(topology.servers) if args.all else args.names
     if not names or (args.all and args.names):
-        raise config.ConfigError("name the servers to start, or use --all (not both)")
+        raise UsageError("name the servers to start, or use --all (not both)")
     unknown = [n for n in names if n not in topology.servers]
     if unknown:
         raise config.ConfigError(f"{args.config}: no server named {', '.join(unknown)}")
@@ -278,4 +283,30 @@ def _whatsat(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    topology = load_topology(args.config)
+    names = args.names or list(topology.servers)
+    unknown = [n for n in names if n not in topology.servers]
+    if unknown:
+        raise UsageError(f"{args.config}: no server named {', '.join(unknown)}")
+    try:
+        since = logview.parse_since(args.since, datetime.now(UTC)) if args.since else ""
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    keep = logview.Filter(since, args.client, args.grep)
+    log_dir = topology.logging.dir
+    if not args.follow and not any(logview.log_files(log_dir, n) for n in names):
+        print(f"zherd: no logs of {', '.join(names)} in {log_dir}", file=sys.stderr)
+        return 1
+    merged, tails = logview.history(log_dir, names, keep, final=not args.follow)
+    try:
+        for entry in merged:
+            sys.stdout.write(entry.text)
+        sys.stdout.flush()
+        if args.follow:
+            logview.follow(tails, keep, sys.stdout)
+    except KeyboardInterrupt:  # how --follow ends
+        pass
+    finally:
+        for tail in tails.values():
+            tail.close()
+    return 0
