@@ -28,7 +28,15 @@ from zherd.client import (
     resolve,
     whatsat_line,
 )
-from zherd.launcher import READY, LaunchError, supervise, table
+from zherd.launcher import (
+    READY,
+    LaunchError,
+    check_ports,
+    prepare_places,
+    supervise,
+    table,
+    where,
+)
 from zherd.places import api_key
 
 DEFAULT_CONFIG = "topology.toml"
@@ -219,9 +227,12 @@ def _start(args: argparse.Namespace) -> int:
     if unknown:
         raise config.ConfigError(f"{args.config}: no server named {', '.join(unknown)}")
     storage = not args.no_storage
+    check_ports([topology.servers[n] for n in names])
+    print(where(topology, storage), flush=True)
+    prepare_places(topology.places)
     if len(names) == 1:  # this process is the server: its pid is the one to kill
         return _serve(topology, names[0], storage, announce=True)
-    return supervise(topology, names, storage)
+    return supervise(topology, names, storage, restart=args.restart == "always")
 
 
 def _serve_command(args: argparse.Namespace) -> int:
