@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -271,3 +272,21 @@ def test_client_on_a_terminal_prompts_and_keeps_history(pair: Herd, tmp_path: Pa
         "WHATSAT cli-tty 10 2",
         "help",
     ]
+
+
+def test_a_connection_the_server_dropped_as_idle_is_made_again(herd) -> None:
+    """An interactive client left alone past the server's idle timeout just works on."""
+    from zherd.client import Connection
+
+    h = herd(servers=("Alford",), links=(), sections={"limits": {"idle_timeout": 0.3}})
+    with Connection("127.0.0.1", h.port("Alford"), name="Alford") as conn:
+        assert conn.ask(f"IAMAT cli-idle {UCLA} 1.5").startswith("AT Alford ")
+        sock = conn.sock
+
+        def closed_by_server() -> bool:
+            readable = select.select([sock], [], [], 0)[0]
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+
+        wait_until(closed_by_server, timeout=30, what="the server to drop the idle client")
+        assert conn.ask("WHATSAT cli-idle 1 1").startswith("AT Alford ")
+        assert conn.sock is not sock
