@@ -336,6 +336,7 @@ class Supervisor:
             storage=self.storage,
             preexec_fn=_die_with_parent,
             process_group=0,  # the terminal's Ctrl-C is for the supervisor alone
+            stdin=subprocess.DEVNULL,  # out of the foreground group: never read the terminal
         )
         child.started = time.monotonic()
         child.ready = False
