@@ -268,6 +268,9 @@ class Child:
 
 
 class Supervisor:
+    """The herd's children, restarted as they die, until a stop signal; one at a time in
+    one thread, so each event is dealt with in full before the next."""
+
     def __init__(
         self,
         topology: Topology,
