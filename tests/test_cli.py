@@ -264,9 +264,12 @@ def test_a_bad_config_exits_non_zero_with_a_clear_message(tmp_path, zherd, mutat
 def test_a_missing_config_file(tmp_path, zherd) -> None:
     missing = tmp_path / "nope.toml"
     status, _, err = zherd("start", "--all", "--config", str(missing)).finish()
-    assert status != 0 and err == f"zherd: {missing}: no such file\n", err
+    assert status != 0 and err.startswith(f"zherd: {missing}: no such file"), err
+    assert f"`zherd init {missing}`" in err, err
     status, _, err = zherd("start", "--all", "--config", "nope.toml").finish()
     assert status != 0 and "nope.toml: no such file" in err, err
+    status, _, err = zherd("start", "--all").finish()  # no topology.toml here
+    assert status != 0 and "topology.toml: no such file" in err and "`zherd init`" in err, err
 
 
 def test_unknown_server_name(tmp_path, zherd) -> None:
@@ -304,3 +307,61 @@ def test_google_without_a_key_refuses_to_start(tmp_path, zherd, provider, how) -
     assert re.search(rf"provider '{provider}' needs an API key .*ZHERD_TEST_KEY", err), err
     assert "Traceback" not in err, err
     assert all(refused(port) for port, _ in layout.values())
+
+
+# -- the command itself ----------------------------------------------------------------------
+
+
+def run_zherd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zherd", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_version_and_a_help_without_the_internal_command(tmp_path) -> None:
+    from importlib.metadata import version
+
+    done = run_zherd("--version", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, f"zherd {version('zherd')}\n")
+    done = run_zherd("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    for command in ("start", "init", "client", "iamat", "whatsat", "logs"):
+        assert re.search(rf"^    {command} ", done.stdout, re.M), command
+    assert not re.search(r"\bserve\b", done.stdout) and "SUPPRESS" not in done.stdout
+    for command in ("start", "init", "client", "iamat", "whatsat", "logs", "serve"):
+        done = run_zherd(command, "--help", cwd=tmp_path)
+        assert done.returncode == 0 and "--config PATH" in done.stdout, command
+
+
+def test_init_writes_the_default_topology_and_never_overwrites(tmp_path) -> None:
+    from zherd.cli import default_topology_text
+    from zherd.config import load
+
+    done = run_zherd("init", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "topology.toml"
+    assert written.read_text() == default_topology_text()
+    assert set(load(written).servers) == set(PAPER_SERVERS)
+    assert "zherd start --all\n" in done.stdout
+
+    written.write_text("# mine\n")
+    done = run_zherd("init", cwd=tmp_path)
+    assert done.returncode == 1 and "exists; not overwritten" in done.stderr
+    assert written.read_text() == "# mine\n"
+
+    (tmp_path / "elsewhere").mkdir()
+    done = run_zherd("init", "elsewhere", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "--config elsewhere/topology.toml" in done.stdout
+    done = run_zherd("init", "--config", "other.toml", cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "other.toml").read_text() == default_topology_text()
+
+
+def test_a_server_names_its_process(tmp_path, zherd) -> None:
+    config, layout = write_topology(tmp_path)
+    z = zherd("start", "Bolden", "--config", str(config))
+    rows = table_rows(z.read_until(f"tcp://127.0.0.1:{layout['Bolden'][1]}"))
+    pid = rows["Bolden"][0]
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0") == b"zherd: Bolden"
+    status, _, err = z.finish(signal.SIGTERM)
+    assert status == 0, err

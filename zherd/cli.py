@@ -1,61 +1,254 @@
-"""The `zherd` command."""
+"""zherd: a herd of location servers (the proxy herd of the Twisted Places paper)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import math
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import zmq
 
-from zherd import config
-from zherd.launcher import READY, LaunchError, supervise, table
+from zherd import config, logview
+from zherd.client import (
+    Connection,
+    Target,
+    TargetError,
+    check_client_id,
+    iamat_line,
+    interactive,
+    needs_topology,
+    one_shot,
+    resolve,
+    whatsat_line,
+)
+from zherd.launcher import (
+    READY,
+    LaunchError,
+    check_ports,
+    prepare_places,
+    supervise,
+    table,
+    where,
+)
 from zherd.places import api_key
+
+DEFAULT_CONFIG = "topology.toml"
+EPILOG = """\
+examples:
+  zherd init                        write the paper's five-server topology to ./topology.toml
+  zherd start --all                 run every server of it (Ctrl-C stops the herd)
+  zherd iamat kiwi 34.068930 -118.445127
+  zherd whatsat kiwi 10 3 --server Hamilton
+  zherd client Parker               an interactive line client (`help` lists commands)
+  zherd logs --client kiwi --since 10m
+"""
+
+
+class UsageError(Exception):
+    """Arguments that cannot be acted on; the message is for the operator."""
+
+
+def default_topology_text() -> str:
+    """The paper's herd, for `zherd init` (one line to point at the packaged copy)."""
+    return (Path(__file__).resolve().parent.parent / "topology.toml").read_text()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zherd", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    start = commands.add_parser("start", help="start servers of the herd, one process each")
-    start.add_argument("names", nargs="*", metavar="NAME", help="servers to start")
-    start.add_argument("--all", action="store_true", help="start every server of the topology")
-    _common(start)
-
-    serve = commands.add_parser("serve", help="run one server in this process (used by start)")
-    serve.add_argument("name", metavar="NAME")
-    _common(serve)
-
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        topology = config.load(args.config)
-        api_key(topology.places)  # a missing key stops us before any server starts
-        if args.command == "serve":
-            return _serve(topology, args.name, not args.no_storage, announce=False)
-        names = list(topology.servers) if args.all else args.names
-        if not names or (args.all and args.names):
-            parser.error("name the servers to start, or use --all (not both)")
-        unknown = [n for n in names if n not in topology.servers]
-        if unknown:
-            raise config.ConfigError(f"{args.config}: no server named {', '.join(unknown)}")
-        if len(names) == 1:  # this process is the server: its pid is the one to kill
-            return _serve(topology, names[0], not args.no_storage, announce=True)
-        return supervise(topology, names, not args.no_storage)
-    except (config.ConfigError, LaunchError) as e:
+        return args.run(args)
+    except (config.ConfigError, LaunchError, TargetError, UsageError) as e:
         print(f"zherd: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `zherd logs | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", default="topology.toml", help="topology file (default: ./topology.toml)"
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="zherd",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--no-storage", action="store_true", help="keep locations in memory only")
+    top.add_argument("--version", action="version", version=f"zherd {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"topology file (default: ./{DEFAULT_CONFIG})",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], **kw: str) -> Any:
+        sub = commands.add_parser(name, parents=[common], **kw)
+        sub.set_defaults(run=run)
+        return sub
+
+    start = command("start", _start, help="start servers of the herd, one process each")
+    start.add_argument("names", nargs="*", metavar="NAME", help="servers to start")
+    start.add_argument("--all", action="store_true", help="start every server of the topology")
+    start.add_argument("--no-storage", action="store_true", help="keep locations in memory only")
+    start.add_argument(
+        "--restart",
+        choices=("always", "no"),
+        default="always",
+        help="restart a server that dies, with backoff (default: always); with one NAME this "
+        "process is the server and nothing restarts it",
+    )
+
+    init = command("init", _init, help="write the default topology (never overwrites)")
+    init.add_argument(
+        "path", nargs="?", metavar="PATH", help="file or folder (default: the --config path)"
+    )
+
+    client = command("client", _client, help="an interactive line client for one server")
+    client.add_argument(
+        "target", nargs="?", metavar="NAME|HOST:PORT", help="default: the topology's first server"
+    )
+
+    iamat = command("iamat", _iamat, help="report a client's location (time: now); print the AT")
+    iamat.add_argument("client_id", type=_client_id, metavar="CLIENT")
+    iamat.add_argument("lat", type=_degrees(90), metavar="LAT", help="degrees north, e.g. 34.06893")
+    iamat.add_argument("lon", type=_degrees(180), metavar="LON", help="degrees east, e.g. -118.44")
+    _server_option(iamat)
+
+    whatsat = command("whatsat", _whatsat, help="a client's last location and places near it")
+    whatsat.add_argument("client_id", type=_client_id, metavar="CLIENT")
+    whatsat.add_argument("radius", type=float, metavar="RADIUS", help="km, in (0, 50]")
+    whatsat.add_argument("count", type=int, metavar="COUNT", help="places, 1 to 20")
+    _server_option(whatsat)
+
+    logs = command("logs", _logs, help="the herd's logs, merged in time order")
+    logs.add_argument("names", nargs="*", metavar="NAME", help="only these servers")
+    logs.add_argument("--client", metavar="ID", help="only lines naming this client id")
+    logs.add_argument("--since", metavar="TIME", help="ISO time (UTC unless it says), or 10m, 2h")
+    logs.add_argument("--grep", metavar="TEXT", help="only lines containing TEXT")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+
+    # `zherd status` (the herd's /status endpoints) will be added here.
+
+    # What `start` runs in each child. Hidden: a subcommand is listed only if it has a help
+    # (before Python 3.13, help=argparse.SUPPRESS still lists it, as "==SUPPRESS==").
+    serve = command("serve", _serve_command)
+    serve.add_argument("name", metavar="NAME")
+    serve.add_argument("--no-storage", action="store_true")
+    return top
+
+
+def _server_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        metavar="NAME|HOST:PORT",
+        help="the server to ask (default: the topology's first)",
+    )
+
+
+def _client_id(text: str) -> str:
+    try:
+        return check_client_id(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _degrees(limit: float) -> Callable[[str], float]:
+    def degrees(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not -limit <= value <= limit:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number in [-{limit}, {limit}]")
+        return value
+
+    return degrees
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("zherd")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def load_topology(path: str) -> config.Topology:
+    """The topology, or an error that says how to get one."""
+    if not Path(path).exists():
+        init = "zherd init" if path == DEFAULT_CONFIG else f"zherd init {path}"
+        raise config.ConfigError(
+            f"{path}: no such file (the topology names the servers of the herd)\n"
+            f"  `{init}` writes the paper's five-server herd there; or give --config PATH"
+        )
+    return config.load(path)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    path = Path(args.path or args.config)
+    if path.is_dir():
+        path /= DEFAULT_CONFIG
+    text = default_topology_text()
+    try:
+        with path.open("x") as f:  # never overwrites, even a file made a moment ago
+            f.write(text)
+    except FileExistsError:
+        print(f"zherd: {path} exists; not overwritten", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"zherd: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    topology = config.load(path)
+    flag = "" if str(path) == DEFAULT_CONFIG else f" --config {path}"
+    print(f"wrote {path}: servers {', '.join(topology.servers)}")
+    print(f"start them with: zherd start --all{flag}")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    topology = load_topology(args.config)
+    api_key(topology.places)  # a missing key stops us before any server starts
+    names = list(topology.servers) if args.all else args.names
+    if not names or (args.all and args.names):
+        raise UsageError("name the servers to start, or use --all (not both)")
+    unknown = [n for n in names if n not in topology.servers]
+    if unknown:
+        raise config.ConfigError(f"{args.config}: no server named {', '.join(unknown)}")
+    storage = not args.no_storage
+    check_ports([topology.servers[n] for n in names])
+    print(where(topology, storage), flush=True)
+    prepare_places(topology.places)
+    if len(names) == 1:  # this process is the server: its pid is the one to kill
+        return _serve(topology, names[0], storage, announce=True)
+    return supervise(topology, names, storage, restart=args.restart == "always")
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    topology = config.load(args.config)
+    return _serve(topology, args.name, not args.no_storage, announce=False)
 
 
 def _serve(topology: config.Topology, name: str, storage: bool, *, announce: bool) -> int:
+    from setproctitle import setproctitle
+
     from zherd.disk import StorageError
     from zherd.node import serve  # heavy imports only for a process that serves
+
+    if name not in topology.servers:
+        raise config.ConfigError(f"{topology.path}: no server named {name}")
+    setproctitle(f"zherd: {name}")  # what ps and top show: which server this process is
 
     def ready() -> None:
         server = topology.servers[name]
@@ -72,4 +265,62 @@ def _serve(topology: config.Topology, name: str, storage: bool, *, announce: boo
         raise LaunchError(f"{name}: cannot listen for clients: {e.strerror or e}") from None
     except zmq.ZMQError as e:
         raise LaunchError(f"{name}: cannot bind the bus port: {e}") from None
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    target = _target(args.config, args.target)
+    conn = Connection(target.host, target.port, timeout=60.0, name=target.name)
+    if sys.stdin.isatty():
+        print(f"connected to {conn.label}; `help` lists commands, Ctrl-D quits")
+    with conn:
+        return interactive(conn, prompt=f"{target.name or conn.address}> ")
+
+
+def _target(config_path: str, target: str | None) -> Target:
+    """A server of the topology by name (the first by default), or an address without one."""
+    needed = needs_topology(target)
+    topology = load_topology(config_path) if needed or Path(config_path).exists() else None
+    return resolve(target, topology.servers if topology else None)
+
+
+def _ask(args: argparse.Namespace, command: str) -> int:
+    return one_shot(_target(args.config, args.server), command)
+
+
+def _iamat(args: argparse.Namespace) -> int:
+    return _ask(args, iamat_line(args.client_id, args.lat, args.lon, time.time_ns()))
+
+
+def _whatsat(args: argparse.Namespace) -> int:
+    return _ask(args, whatsat_line(args.client_id, args.radius, args.count))
+
+
+def _logs(args: argparse.Namespace) -> int:
+    topology = load_topology(args.config)
+    names = args.names or list(topology.servers)
+    unknown = [n for n in names if n not in topology.servers]
+    if unknown:
+        raise UsageError(f"{args.config}: no server named {', '.join(unknown)}")
+    try:
+        since = logview.parse_since(args.since, datetime.now(UTC)) if args.since else ""
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    keep = logview.Filter(since, args.client, args.grep)
+    log_dir = topology.logging.dir
+    if not args.follow and not any(logview.log_files(log_dir, n) for n in names):
+        print(f"zherd: no logs of {', '.join(names)} in {log_dir}", file=sys.stderr)
+        return 1
+    merged, tails = logview.history(log_dir, names, keep, final=not args.follow)
+    try:
+        for entry in merged:
+            sys.stdout.write(entry.text)
+        sys.stdout.flush()
+        if args.follow:
+            logview.follow(tails, keep, sys.stdout)
+    except KeyboardInterrupt:  # how --follow ends
+        pass
+    finally:
+        for tail in tails.values():
+            tail.close()
     return 0

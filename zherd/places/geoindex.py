@@ -531,6 +531,7 @@ def open_index(source: Source, data_dir: Path) -> tuple[GeoIndex, bool]:
     t0 = perf_counter()
     key, path = source.key(), index_path(source, data_dir)
     built = False
+    waited = 0.0  # seconds for the lock, which a process building the index holds
     try:
         index = GeoIndex(path, key)
     except FileNotFoundError:
@@ -541,6 +542,8 @@ def open_index(source: Source, data_dir: Path) -> tuple[GeoIndex, bool]:
     if index is None:
         data_dir.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(path.with_name(path.name + ".lock")):
+            waited = perf_counter() - t0
+            t0 = perf_counter()
             try:
                 index = GeoIndex(path, key)  # another process built it while we waited
             except (FileNotFoundError, IndexFileError):
@@ -549,8 +552,11 @@ def open_index(source: Source, data_dir: Path) -> tuple[GeoIndex, bool]:
                 build_index(source, path)
                 built = True
                 index = GeoIndex(path, key)
+    # A wait for another's build is said as such, not folded into a "slow" load.
+    other = f"waited {waited:.1f} s for the index build of another server; " if waited else ""
     logger.info(
-        "GeoNames index {}: {} places from {} in {:.1f} ms",
+        "{}GeoNames index {}: {} places from {} in {:.1f} ms",
+        "" if built else other,
         "built" if built else "loaded",
         len(index),
         path,
