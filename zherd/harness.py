@@ -62,6 +62,15 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
+def accepts(port: int, timeout: float = 0.5) -> bool:
+    """Whether a TCP connect to 127.0.0.1:`port` succeeds now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def wait_until(
     condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> Any:
