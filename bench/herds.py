@@ -26,11 +26,14 @@ def scratch_herd(
     sections: Mapping[str, Mapping[str, Any]] | None = None,
     keep: bool = False,
     prefix: str = "zherd-bench-",
+    start: bool = True,
 ) -> Iterator[Herd]:
-    """A started herd in a fresh temp folder; stopped, and the folder removed unless `keep`."""
+    """A herd in a fresh temp folder, started unless told not to; stopped (what runs of
+    it), and the folder removed unless `keep`."""
     herd = Herd(Path(tempfile.mkdtemp(prefix=prefix)), servers, links, sections)
     try:
-        herd.start(storage=storage)
+        if start:
+            herd.start(storage=storage)
         yield herd
     finally:
         herd.stop()
@@ -43,9 +46,14 @@ def log_sections(level: str | None) -> dict[str, Any] | None:
     return {"logging": {"dir": "logs", "level": level.upper()}} if level else None
 
 
-def misses(herd: Herd, expected: Mapping[str, str], timeout: float = 30.0) -> dict[str, list[str]]:
-    """Server -> the ids whose time field there is not the expected one."""
-    views = herd.holdings(expected, timeout=timeout)
+def misses(
+    herd: Herd,
+    expected: Mapping[str, str],
+    servers: Sequence[str] | None = None,
+    timeout: float = 30.0,
+) -> dict[str, list[str]]:
+    """Server (default: every one) -> the ids whose time field there is not the expected one."""
+    views = herd.holdings(expected, servers, timeout=timeout)
     return {
         name: [cid for cid, want in expected.items() if _time_of(view[cid]) != want]
         for name, view in views.items()
