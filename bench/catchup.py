@@ -45,7 +45,7 @@ from bench.herds import misses, scratch_herd
 from bench.load import ClientPool, Iamats, Pipelined, split, total
 from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread
 from bench.script import Result, Run
-from bench.stats import summary
+from bench.stats import summaries
 from bench.usage import cpu_seconds
 from zherd.harness import Client, records_received, wait_until
 
@@ -268,22 +268,16 @@ def summarise(rounds: list[dict], throughput: list[dict], ks: list[int]) -> dict
         catch_up.append(
             {
                 "k": k,
-                "catch_up_s": summary([r["catch_up_s"] for r in rs]),
-                "all_s": summary([r["all_s"] for r in rs]),
-                "ready_s": summary([r["ready_s"] for r in rs]),
-                "records_received": summary([r["records_received"] for r in rs]),
-                "rate_per_s": summary([r["rate_per_s"] for r in rs]),
+                **summaries(rs, "catch_up_s", "all_s", "ready_s", "records_received", "rate_per_s"),
                 "store_at_alford": [r["store_at_alford"] for r in rs],
             }
         )
     storage = {}
     for on in (True, False):
         rs = [r for r in throughput if r["storage"] is on]
-        storage["storage" if on else "no-storage"] = {
-            "acked_per_s": summary([r["acked_per_s"] for r in rs]),
-            "cpu_us_per_iamat": summary([r["cpu_us_per_iamat"] for r in rs]),
-            "server_cpu_fraction": summary([r["server_cpu_fraction"] for r in rs]),
-        }
+        storage["storage" if on else "no-storage"] = summaries(
+            rs, "acked_per_s", "cpu_us_per_iamat", "server_cpu_fraction"
+        )
     on, off = storage["storage"], storage["no-storage"]
     ratio = (
         on["acked_per_s"]["median"] / off["acked_per_s"]["median"]
@@ -374,9 +368,5 @@ def measure(run: Run) -> Result:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    return script.main("catchup", __doc__, options, measure, quick=QUICK, check=check, argv=argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("catchup", __doc__, options, measure, quick=QUICK, check=check))

@@ -61,7 +61,7 @@ from bench.herds import scratch_herd
 from bench.load import ClientPool, Geoadds, Iamats, Pipelined, RequestResponse, split, total
 from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread, target
 from bench.script import Result, Run
-from bench.stats import summary
+from bench.stats import summaries, summary
 from bench.usage import cpu_split, pin_pid
 from zherd.harness import accepts, free_ports, wait_until
 from zherd.launcher import stop
@@ -70,6 +70,7 @@ TARGETS = ("zherd", "zherd-storage", "zherd-quiet", "baseline", "redis")
 MODES = ("rr", "pipeline")
 QUIET = {"logging": {"dir": "logs", "level": "WARNING"}}
 CLIENT_BOUND_SERVER_CPU = 0.85
+QUICK = {"duration": 0.4, "warmup": 0.2, "repeats": 1}
 
 
 class Server:
@@ -252,12 +253,8 @@ def figure(raw: dict[tuple[str, int, str], list[dict]], point: tuple[str, int, s
         "target": kind,
         "mode": mode,
         "conns": conns,
-        "rate": summary([r["rate"] for r in runs]),
-        "server_cpu": summary([r["server_cpu"] for r in runs]),
-        "client_cpu_max": summary([r["client_cpu_max"] for r in runs]),
-        "errors": sum(r["errors"] for r in runs),
-        "unanswered": sum(r["unanswered"] for r in runs),
-        "lost_connections": sum(r["lost_connections"] for r in runs),
+        **summaries(runs, "rate", "server_cpu", "client_cpu_max"),
+        **{key: sum(r[key] for r in runs) for key in ("errors", "unanswered", "lost_connections")},
         "runs": runs,
     }
     if base and kind != "baseline":
@@ -374,10 +371,5 @@ def plot(figures: list[dict], targets: list[str], args: argparse.Namespace, png:
     save_figure(fig, png)
 
 
-def main(argv: list[str] | None = None) -> int:
-    quick = {"duration": 0.4, "warmup": 0.2, "repeats": 1}
-    return script.main("gateway", __doc__, options, measure, quick=quick, argv=argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("gateway", __doc__, options, measure, quick=QUICK))

@@ -52,12 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import script
-from bench.herds import converge, log_sections, misses, scratch_herd
+from bench.herds import converge, herd_options, log_sections, misses, scratch_herd
 from bench.lines import tag_of
 from bench.load import ClientPool, Iamats, Paced, Pipelined, total
 from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread, target
 from bench.script import Result, Run
-from bench.stats import summary
+from bench.stats import summaries, summary
 from bench.usage import Profiler, cpu_seconds, memory
 from zherd.harness import Herd
 
@@ -85,12 +85,7 @@ def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--converge-timeout", type=float, default=60.0)
     p.add_argument("--settle", type=float, default=10.0, help="seconds to re-check misses")
     p.add_argument("--max-lines", type=int, default=5_000_000, help="per client process")
-    p.add_argument("--no-storage", action="store_true")
-    p.add_argument(
-        "--log-level",
-        default=None,
-        help="diagnostic: [logging] level for the servers (default: the product's, INFO)",
-    )
+    herd_options(p)
     p.add_argument("--profile", metavar="SERVER", default=None)
     p.add_argument("--seed", type=int, default=1)
 
@@ -242,14 +237,11 @@ def measure(run: Run) -> Result:
         figures.append(
             {
                 "offered": rate or "max",
-                "acked_rate": summary([r["acked_rate"] for r in rs]),
-                "converged_rate": summary([r["converged_rate"] for r in rs]),
-                "converge_seconds": summary([r["converge_seconds"] for r in rs]),
-                "lost": summary([r["lost"] for r in rs]),
+                **summaries(rs, "acked_rate", "converged_rate", "converge_seconds", "lost"),
                 "lost_total": sum(r["lost"] for r in rs),
                 "errors": sum(r["errors"] for r in rs),
                 "all_converged": all(r["converged"] for r in rs),
-                "server_cpu_us_per_update": summary([r["server_cpu_us_per_update"] for r in rs]),
+                **summaries(rs, "server_cpu_us_per_update"),
                 "server_cpu_mean": summary(
                     [sum(v for v in r["server_cpu"].values() if v) / 5 for r in rs]
                 ),
@@ -338,9 +330,5 @@ def plot(figures: list[dict], args: argparse.Namespace, png: Path) -> None:
     save_figure(fig, png)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return script.main("herd", __doc__, options, measure, quick=QUICK, argv=argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("herd", __doc__, options, measure, quick=QUICK))

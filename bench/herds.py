@@ -6,6 +6,7 @@ field; `misses` and `converge` ask every server at once (`Herd.holdings`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import tempfile
@@ -39,6 +40,16 @@ def scratch_herd(
         herd.stop()
         if not keep:
             shutil.rmtree(herd.root, ignore_errors=True)
+
+
+def herd_options(p: argparse.ArgumentParser) -> None:
+    """--no-storage and --log-level, for a script that measures a whole herd."""
+    p.add_argument("--no-storage", action="store_true")
+    p.add_argument(
+        "--log-level",
+        default=None,
+        help="diagnostic: [logging] level for the servers (default: the product's, INFO)",
+    )
 
 
 def log_sections(level: str | None) -> dict[str, Any] | None:

@@ -53,11 +53,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import script
-from bench.herds import log_sections, scratch_herd
+from bench.herds import herd_options, log_sections, scratch_herd
 from bench.load import ClientPool, Iamats, Paced, Probes, total
 from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread, target
 from bench.script import Result, Run
-from bench.stats import percentile, summary
+from bench.stats import percentile, summaries, summary
 from bench.usage import cpu_seconds
 
 ORIGIN, DEST = "Powell", "Hamilton"
@@ -88,12 +88,7 @@ def options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--conns-per-proc", type=int, default=5)
     p.add_argument("--clients", type=int, default=5000, help="background client ids")
-    p.add_argument("--no-storage", action="store_true")
-    p.add_argument(
-        "--log-level",
-        default=None,
-        help="diagnostic: [logging] level for the servers (default: the product's, INFO)",
-    )
+    herd_options(p)
     p.add_argument("--keep-logs", action="store_true", help="keep each herd's temp folder")
 
 
@@ -240,7 +235,7 @@ def measure(run: Run) -> Result:
     for rate, rs in runs.items():
         fig: dict[str, Any] = {
             "rate": rate,
-            "background_acked_rate": summary([r["background_acked_rate"] for r in rs]),
+            **summaries(rs, "background_acked_rate"),
             "busiest_server_cpu": summary(
                 [
                     max((v for v in r["server_cpu"].values() if v is not None), default=None)
@@ -339,9 +334,5 @@ def plot(figures: list[dict], methods: list[str], args: argparse.Namespace, png:
     save_figure(fig, png)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return script.main("propagation", __doc__, options, measure, quick=QUICK, argv=argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("propagation", __doc__, options, measure, quick=QUICK))

@@ -1,16 +1,16 @@
 """What every bench script shares: its command line, its repeats, its results.
 
-A script states what it measures; `main` does the rest:
+A script states what it measures, and hands the rest to `main`:
 
-    def options(p):  p.add_argument("--rates", type=numbers, default="100,1000")
-    def measure(run: Run) -> Result:  ...  run.repeat(points, once) ...
-    def main(argv=None): return script.main("name", __doc__, options, measure,
-                                            quick={"rates": "100", "repeats": 1})
+    def options(p):  p.add_argument("--rates", type=script.numbers, default="100,1000")
+    def measure(run: Run) -> Result:  ... run.repeat(run.args.rates, once) ...
+    if __name__ == "__main__":
+        sys.exit(script.main("name", __doc__, options, measure, quick={"rates": "100"}))
 
-Every script has --quick (the overrides in `quick`; flags given explicitly still
-win), --repeats and --out. `main` records the machine, calls `measure`, then writes
-`<name>-<date>.json` (the arguments but --out, plus the result's parameters) and the
-PNG, and prints the result's tables, the targets and the notes.
+Every script has --quick (the `quick` defaults; flags given explicitly still win),
+--repeats and --out. `main` records the machine, calls `measure`, writes
+`<name>-<date>.json` (every argument but --out, plus the result's parameters) and
+the PNG, and prints the result's tables, the targets and the notes.
 """
 
 from __future__ import annotations

@@ -41,13 +41,14 @@ from bench import script
 from bench.herds import scratch_herd
 from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread, target
 from bench.script import Result, Run
-from bench.stats import summary
+from bench.stats import summaries
 from zherd.harness import accepts
 from zherd.launcher import READY, spawn, stop
 
 TARGET_S = 0.5
 TIMEOUT = 30.0
 PREFIX = "zherd-bench-startup-"
+QUICK = {"repeats": 1}
 CASES = ("python", "serve", "serve --no-storage", "start --all")
 
 
@@ -157,7 +158,7 @@ def measure(run: Run) -> Result:
     figures: dict[str, Any] = {}
     for case, rs in runs.items():
         keys = [k for k in rs[0] if k != "per_server"]
-        figures[case] = {k: summary([r[k] for r in rs]) for k in keys}
+        figures[case] = summaries(rs, *keys)
         figures[case]["runs"] = rs
     serve = figures["serve"]["accept"]["median"]
     herd = figures["start --all"]["all_accept"]["median"]
@@ -214,11 +215,5 @@ def plot(figures: dict[str, Any], png: Path, args: argparse.Namespace) -> None:
     save_figure(fig, png)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return script.main(
-        "startup", __doc__, options, measure, quick={"repeats": 1}, repeats=5, argv=argv
-    )
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("startup", __doc__, options, measure, quick=QUICK, repeats=5))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -47,3 +47,8 @@ def histogram(xs_ms: Sequence[float]) -> dict[str, list[float]]:
                 counts[i] += 1
                 break
     return {"edges": edges, "counts": counts}
+
+
+def summaries(runs: Sequence[Mapping[str, Any]], *keys: str) -> dict[str, dict[str, Any]]:
+    """The `summary` of each key over the runs of a point, by key."""
+    return {key: summary([run[key] for run in runs]) for key in keys}

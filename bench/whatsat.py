@@ -42,7 +42,7 @@ from bench.lines import client_id
 from bench.load import ClientPool, Pipelined, RequestResponse, Whatsats, split, total
 from bench.report import console, print_table, pyplot, save_figure, spread, target
 from bench.script import Result, Run
-from bench.stats import histogram, percentile, summary
+from bench.stats import histogram, percentile, summaries
 from bench.usage import Profiler, memory
 from zherd.harness import Client, Herd
 
@@ -200,11 +200,7 @@ def measure(run: Run) -> Result:
 
     rss_mb = [m["rss"] / 2**20 for m in mem_warm.values() if m["rss"]]
     figures = {
-        "p50_ms": summary([r["p50_ms"] for r in runs]),
-        "p99_ms": summary([r["p99_ms"] for r in runs]),
-        "max_ms": summary([r["max_ms"] for r in runs]),
-        "rr_rate": summary([r["rr_rate"] for r in runs]),
-        "pipelined_rate": summary([r["pipelined_rate"] for r in runs]),
+        **summaries(runs, "p50_ms", "p99_ms", "max_ms", "rr_rate", "pipelined_rate"),
         "errors": sum(r["errors"] for r in runs),
         "memory_after_warmup": mem_warm,
         "memory_at_end": mem_end,
@@ -305,9 +301,5 @@ def plot(runs: list[dict], mem: dict[str, Any], png: Path) -> None:
     save_figure(fig, png)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return script.main("whatsat", __doc__, options, measure, quick=QUICK, argv=argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("whatsat", __doc__, options, measure, quick=QUICK))
