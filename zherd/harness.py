@@ -244,7 +244,8 @@ class Herd:
         """Server -> id -> the AT line that server holds for the id (None: never heard of it).
 
         Every server (default: all of the topology) is asked at once, over one connection
-        each, with pipelined `WHATSAT <id> 0.1 1` (see `held_at`).
+        each, with pipelined `WHATSAT <id> 0.1 1` (see `held_at`): each known id costs a
+        places query (a paid request with a Google provider).
         """
         ids, names = list(ids), list(self.ports if servers is None else servers)
         if len(names) == 1:
