@@ -30,34 +30,23 @@ and .png (catchup-quick-<date>.* with --quick: K = 1000,10000; base 2000; 1 s ru
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import random
 import re
 import signal
+import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    ClientPool,
-    HerdRun,
-    LoadSpec,
-    console,
-    cpu_seconds,
-    errorbar_args,
-    finish,
-    machine_info,
-    print_table,
-    pyplot,
-    result_paths,
-    save_figure,
-    split,
-    spread,
-    summary,
-    whatsat_times,
-    write_results,
-)
+from bench import script
+from bench.herds import misses, scratch_herd
+from bench.load import ClientPool, Iamats, Pipelined, split, total
+from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread
+from bench.script import Result, Run
+from bench.stats import summaries
+from bench.usage import cpu_seconds
 from zherd.harness import Client, records_received, wait_until
 
 PAIR = ("Alford", "Bolden")
@@ -67,26 +56,24 @@ FEED_TIMEOUT = 300.0  # seconds for any one feed of K IAMATs
 CATCH_UP_TIMEOUT = 300.0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.catchup", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a short smoke run")
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--missed", default="1000,10000,100000", help="K values (IAMATs missed)")
     p.add_argument("--base", type=int, default=20_000, help="clients both servers know first")
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--duration", type=float, default=3.0, help="seconds per throughput run")
     p.add_argument("--procs", type=int, default=1, help="client processes")
     p.add_argument("--conns", type=int, default=4, help="connections per client process")
     p.add_argument("--window", type=int, default=256, help="lines in flight per connection")
     p.add_argument("--poll", type=float, default=0.002, help="seconds between marker polls")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None, help="results folder")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.missed, args.base, args.duration = "1000,10000", 2000, 1.0
-    args.ks = [int(float(k)) for k in args.missed.split(",") if k.strip()]
+
+
+def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    args.ks = script.numbers(args.missed)
     if not args.ks or min(args.ks) < 1 or max(args.ks) > 1_000_000:
         p.error("--missed: K values in 1..1000000")
-    return args
+
+
+QUICK = {"missed": "1000,10000", "base": 2000, "duration": 1.0}
 
 
 # -- feeding ---------------------------------------------------------------------------------
@@ -94,27 +81,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def feed(pool: ClientPool, port: int, k: int, tag: str, args: argparse.Namespace) -> dict:
     """K IAMATs for K distinct new clients, pipelined; client id -> the time field sent."""
-    budgets = split(k, args.procs)
-    specs = [
-        LoadSpec(
+    loads = [
+        Pipelined(
             ports=(port,),
             conns=args.conns,
-            mode="pipeline",
-            payload="iamat",
-            tag=f"{tag}p{i}",
+            send=Iamats(f"{tag}p{i}", budget, report_newest=True),  # K lines are K clients
             start_at=time.monotonic() + 0.2,
             duration=FEED_TIMEOUT,  # the budget ends it long before
             window=args.window,
             max_lines=budget,
-            ids_per_conn=budget,  # so no id repeats: K lines are K clients
             drain_timeout=60.0,
-            want_newest=True,
         )
-        for i, budget in enumerate(budgets)
+        for i, budget in enumerate(split(k, args.procs))
     ]
-    results, _ = pool.run(specs, timeout=FEED_TIMEOUT + 60)
-    sent = sum(r["sent"] for r in results)
-    acked = sum(r["received"] for r in results) - sum(r["errors"] for r in results)
+    results, _ = pool.run(loads, timeout=FEED_TIMEOUT + 60)
+    sent = total(results, "sent")
+    acked = total(results, "received") - total(results, "errors")
     if sent != k or acked != k:
         raise RuntimeError(f"feed of {k}: sent {sent}, acked {acked}")
     newest: dict[str, str] = {}
@@ -138,11 +120,6 @@ def read_log(path: Path, offset: int) -> str:
         return f.read().decode(errors="replace")
 
 
-def holds(port: int, expected: dict[str, str]) -> list[str]:
-    got = asyncio.run(whatsat_times(port, list(expected), timeout=60))
-    return [c for c, t in expected.items() if got.get(c) != t]
-
-
 # -- catch-up --------------------------------------------------------------------------------
 
 
@@ -150,42 +127,44 @@ def catch_up_rounds(pool: ClientPool, args: argparse.Namespace, rng: random.Rand
     a, b = PAIR
     rounds: list[dict] = []
     big_logs = {"logging": {"dir": "logs", "rotation": "4 GB"}}  # counted by offset: no rotation
-    with HerdRun(PAIR, [PAIR], storage=True, sections=big_logs, prefix=PREFIX) as run:
-        herd = run.herd
+    with scratch_herd(PAIR, [PAIR], sections=big_logs, prefix=PREFIX) as herd:
+
+        def lacks(expected: dict[str, str]) -> list[str]:
+            return misses(herd, expected, [b], timeout=60)[b]
+
         console.print(f"catch-up: {a} - {b}, {args.base:,} base clients")
-        base = feed(pool, run.port(a), args.base, "base", args)
+        base = feed(pool, herd.port(a), args.base, "base", args)
         sample = dict(rng.sample(sorted(base.items()), min(SAMPLE, len(base))))
-        wait_until(lambda: not holds(run.port(b), sample), CATCH_UP_TIMEOUT, 0.2, "base at B")
+        wait_until(lambda: not lacks(sample), CATCH_UP_TIMEOUT, 0.2, "base at B")
         stored = args.base
         for rep in range(args.repeats):
             for k in args.ks:
                 assert herd.kill(b, signal.SIGTERM) == 0
-                newest = feed(pool, run.port(a), k, f"k{k}r{rep}", args)
+                newest = feed(pool, herd.port(a), k, f"k{k}r{rep}", args)
                 marker = f"marker-k{k}-r{rep}"
-                marker_t = iamat_marker(run.port(a), marker)
+                marker_t = iamat_marker(herd.port(a), marker)
                 stored += k + 1
-                mark = run.log_path(b).stat().st_size
+                mark = herd.log_path(b).stat().st_size
                 t_spawn = time.monotonic()
                 herd.start(b)
                 t_ready = time.monotonic()
-                with Client(run.port(b), timeout=30) as c:
-                    while True:
-                        reply = c.ask(f"WHATSAT {marker} 0.1 1")
-                        if reply.startswith("AT "):
-                            t_marker = time.monotonic()
-                            break
-                        if time.monotonic() - t_ready > CATCH_UP_TIMEOUT:
-                            raise RuntimeError(f"{b} never got the marker after missing {k}")
-                        time.sleep(args.poll)
-                assert reply.split()[5] == marker_t
+                at_line = wait_until(
+                    lambda m=marker: herd.holdings([m], [b])[b][m],
+                    CATCH_UP_TIMEOUT,
+                    args.poll,
+                    f"{b} to get the marker after missing {k}",
+                )
+                t_marker = time.monotonic()
+                assert at_line.split()[5] == marker_t
                 check = dict(rng.sample(sorted(newest.items()), min(SAMPLE, k)))
-                missing_at_marker = len(holds(run.port(b), check))
+                missing_at_marker = len(lacks(check))
                 t_all = t_marker
                 if missing_at_marker:  # not expected: the stream is in order; wait and time it
-                    wait_until(lambda c=check: not holds(run.port(b), c), CATCH_UP_TIMEOUT, 0.05)
+                    wait_until(lambda c=check: not lacks(c), CATCH_UP_TIMEOUT, 0.05)
                     t_all = time.monotonic()
-                records = records_received(read_log(run.log_path(b), mark), a)
-                restored = re.findall(r"(\d+) locations restored", read_log(run.log_path(b), mark))
+                log = read_log(herd.log_path(b), mark)
+                records = records_received(log, a)
+                restored = re.findall(r"(\d+) locations restored", log)
                 row = {
                     "k": k,
                     "repeat": rep,
@@ -210,53 +189,46 @@ def catch_up_rounds(pool: ClientPool, args: argparse.Namespace, rng: random.Rand
 
 
 def throughput_run(pool: ClientPool, storage: bool, tag: str, args: argparse.Namespace) -> dict:
-    with HerdRun(PAIR[:1], [], storage=storage, prefix=PREFIX) as run:
-        port, pid = run.port(PAIR[0]), run.pid(PAIR[0])
+    with scratch_herd(PAIR[:1], [], storage=storage, prefix=PREFIX) as herd:
+        port, pid = herd.port(PAIR[0]), herd.pid(PAIR[0])
         start_at = time.monotonic() + 0.5
         budget = int(max(1, args.duration + 0.5) * 200_000)  # per process, far above the rate
-        per_conn = math.ceil(budget / args.conns)
-        specs = [
-            LoadSpec(
+        loads = [
+            Pipelined(
                 ports=(port,),
                 conns=args.conns,
-                mode="pipeline",
-                payload="iamat",
-                tag=f"{tag}p{i}",
+                send=Iamats(f"{tag}p{i}", math.ceil(budget / args.conns)),  # each line a new client
                 start_at=start_at,
                 duration=args.duration,
                 warmup=0.5,
                 window=args.window,
                 max_lines=budget,
-                ids_per_conn=per_conn,  # every line a new client: a new row each
                 drain_timeout=30.0,
             )
             for i in range(args.procs)
         ]
         cpu0 = cpu_seconds(pid)
         results, usage = pool.run(
-            specs,
+            loads,
             timeout=args.duration + 120,
             meter=[pid],
             window=(start_at, start_at + args.duration),
         )
         cpu1 = cpu_seconds(pid)
-        sent = sum(r["sent"] for r in results)
-        acked = sum(r["received"] for r in results)
-        in_window = sum(r["in_window"] for r in results)
-        errors = sum(r["errors"] for r in results)
+        sent = total(results, "sent")
+        acked = total(results, "received")
+        errors = total(results, "errors")
         if errors or acked != sent:
             raise RuntimeError(f"throughput run: sent {sent}, acked {acked}, errors {errors}")
         rows = None
         if storage:
-            run.herd.kill(PAIR[0], signal.SIGTERM)  # the final commit, then count the rows
-            import sqlite3
-
-            db = sqlite3.connect(run.root / "var" / f"{PAIR[0]}.sqlite3")
+            herd.kill(PAIR[0], signal.SIGTERM)  # the final commit, then count the rows
+            db = sqlite3.connect(herd.root / "var" / f"{PAIR[0]}.sqlite3")
             rows = db.execute("SELECT count(*) FROM locations").fetchone()[0]
             db.close()
         return {
             "storage": storage,
-            "acked_per_s": in_window / args.duration,
+            "acked_per_s": total(results, "in_window") / args.duration,
             "sent": sent,
             "server_cpu_fraction": usage.get(pid),
             "cpu_us_per_iamat": None
@@ -296,22 +268,16 @@ def summarise(rounds: list[dict], throughput: list[dict], ks: list[int]) -> dict
         catch_up.append(
             {
                 "k": k,
-                "catch_up_s": summary([r["catch_up_s"] for r in rs]),
-                "all_s": summary([r["all_s"] for r in rs]),
-                "ready_s": summary([r["ready_s"] for r in rs]),
-                "records_received": summary([r["records_received"] for r in rs]),
-                "rate_per_s": summary([r["rate_per_s"] for r in rs]),
+                **summaries(rs, "catch_up_s", "all_s", "ready_s", "records_received", "rate_per_s"),
                 "store_at_alford": [r["store_at_alford"] for r in rs],
             }
         )
     storage = {}
     for on in (True, False):
         rs = [r for r in throughput if r["storage"] is on]
-        storage["storage" if on else "no-storage"] = {
-            "acked_per_s": summary([r["acked_per_s"] for r in rs]),
-            "cpu_us_per_iamat": summary([r["cpu_us_per_iamat"] for r in rs]),
-            "server_cpu_fraction": summary([r["server_cpu_fraction"] for r in rs]),
-        }
+        storage["storage" if on else "no-storage"] = summaries(
+            rs, "acked_per_s", "cpu_us_per_iamat", "server_cpu_fraction"
+        )
     on, off = storage["storage"], storage["no-storage"]
     ratio = (
         on["acked_per_s"]["median"] / off["acked_per_s"]["median"]
@@ -378,24 +344,13 @@ def plot(summ: dict[str, Any], png: Path) -> Path:
     return save_figure(fig, png)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    machine = machine_info()
-    rng = random.Random(args.seed)
-    json_path, png_path = result_paths("catchup", args.out, quick=args.quick)
+def measure(run: Run) -> Result:
+    args = run.args
     with ClientPool(args.procs) as pool:
-        rounds = catch_up_rounds(pool, args, rng)
+        rounds = catch_up_rounds(pool, args, random.Random(args.seed))
         throughput = storage_rounds(pool, args)
     summ = summarise(rounds, throughput, args.ks)
-    report(summ)
-    parameters = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"
-    }
-    parameters.update(herd=list(PAIR), sample=SAMPLE)
-    write_results(
-        "catchup",
-        parameters,
+    return Result(
         {"summary": summ, "catch_up_rounds": rounds, "throughput_runs": throughput},
         notes=[
             "catch-up: Bolden restarts with its SQLite file, so it asks Alford to resume its "
@@ -407,13 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             "server's cpu over the whole run (incl. warm-up and drain) / IAMATs sent.",
             "numbers are noisy when other work shares the machine (see load averages).",
         ],
-        machine=machine,
-        started=started,
-        path=json_path,
+        parameters={"herd": list(PAIR), "sample": SAMPLE},
+        plot=lambda png: plot(summ, png),
+        show=lambda: report(summ),
     )
-    finish(json_path, plot(summ, png_path))
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(script.main("catchup", __doc__, options, measure, quick=QUICK, check=check))

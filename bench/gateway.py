@@ -44,6 +44,8 @@ Writes bench/results/gateway-<date>.json and .png (gateway-quick-<date>.* with -
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import shutil
 import socket
@@ -54,37 +56,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    HOST,
-    ClientPool,
-    HerdRun,
-    LoadSpec,
-    console,
-    cpu_split,
-    errorbar_args,
-    finish,
-    machine_info,
-    parameters_of,
-    pin_pid,
-    print_table,
-    print_targets,
-    progress,
-    pyplot,
-    result_paths,
-    save_figure,
-    split,
-    spread,
-    stop_pid,
-    summary,
-    target,
-    wait_port,
-    write_results,
-)
-from zherd.harness import free_ports
+from bench import script
+from bench.herds import scratch_herd
+from bench.load import ClientPool, Geoadds, Iamats, Pipelined, RequestResponse, split, total
+from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread, target
+from bench.script import Result, Run
+from bench.stats import summaries, summary
+from bench.usage import cpu_split, pin_pid
+from zherd.harness import accepts, free_ports, wait_until
+from zherd.launcher import stop
 
 TARGETS = ("zherd", "zherd-storage", "zherd-quiet", "baseline", "redis")
+MODES = ("rr", "pipeline")
 QUIET = {"logging": {"dir": "logs", "level": "WARNING"}}
 CLIENT_BOUND_SERVER_CPU = 0.85
+QUICK = {"duration": 0.4, "warmup": 0.2, "repeats": 1}
 
 
 class Server:
@@ -93,65 +79,52 @@ class Server:
     def __init__(self, kind: str, redis_path: str | None) -> None:
         self.kind = kind
         self.redis_path = redis_path
-        self.herd: HerdRun | None = None
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.pid = 0
-        self.tmp: Path | None = None
-
-    @property
-    def payload(self) -> str:
-        return "geoadd" if self.kind == "redis" else "iamat"
+        self.running = contextlib.ExitStack()
+        self.port = self.pid = 0
 
     def start(self, cpus: set[int] | None) -> None:
         if self.kind.startswith("zherd"):
-            self.herd = HerdRun(
-                ("Alford",),
-                (),
-                storage=self.kind == "zherd-storage",
-                sections=QUIET if self.kind == "zherd-quiet" else None,
+            herd = self.running.enter_context(
+                scratch_herd(
+                    ("Alford",),
+                    (),
+                    storage=self.kind == "zherd-storage",
+                    sections=QUIET if self.kind == "zherd-quiet" else None,
+                )
             )
-            self.herd.__enter__()
-            self.port, self.pid = self.herd.port("Alford"), self.herd.pid("Alford")
+            self.port, self.pid = herd.port("Alford"), herd.pid("Alford")
         elif self.kind == "baseline":
             (self.port,) = free_ports(1)
             argv = [sys.executable, "-m", "bench.baseline_server", str(self.port)]
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-            line = self.proc.stdout.readline() if self.proc.stdout else ""
-            if not line.startswith("ready"):
-                stop_pid(self.proc)
+            proc = self._child(argv, stdout=subprocess.PIPE, text=True)
+            if not (proc.stdout and proc.stdout.readline().startswith("ready")):
                 raise RuntimeError("baseline server did not start")
-            self.pid = self.proc.pid
         elif self.kind == "redis":
             assert self.redis_path
             (self.port,) = free_ports(1)
-            self.tmp = Path(tempfile.mkdtemp(prefix="zherd-bench-redis-"))
-            argv = [
-                self.redis_path,
-                "--port",
-                str(self.port),
-                "--bind",
-                HOST,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp),
-                "--daemonize",
-                "no",
-            ]
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.pid = self.proc.pid
-            wait_port(self.port, timeout=10)
+            tmp = tempfile.mkdtemp(prefix="zherd-bench-redis-")
+            self.running.callback(shutil.rmtree, tmp, ignore_errors=True)
+            argv = [self.redis_path, "--port", str(self.port), "--bind", "127.0.0.1"]
+            argv += ["--save", "", "--appendonly", "no", "--dir", tmp, "--daemonize", "no"]
+            self._child(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_until(lambda: accepts(self.port), 10, 0.01, "redis-server to listen")
         else:
             raise ValueError(self.kind)
         pin_pid(self.pid, cpus)
         self.check()
 
+    def _child(self, argv: list[str], **popen: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, **popen)
+        self.running.callback(stop, {self.kind: proc})
+        self.pid = proc.pid
+        return proc
+
+    def lines(self, tag: str) -> Iamats | Geoadds:
+        return Geoadds(tag) if self.kind == "redis" else Iamats(tag)
+
     def check(self) -> None:
         """One request by hand: the reply must be the right kind of line."""
-        with socket.create_connection((HOST, self.port), timeout=5) as s:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             if self.kind == "redis":
                 s.sendall(
                     b"*5\r\n$6\r\nGEOADD\r\n$5\r\ncheck\r\n$3\r\n1.0\r\n$3\r\n2.0\r\n$1\r\nx\r\n"
@@ -165,51 +138,25 @@ class Server:
             raise RuntimeError(f"{self.kind}: unexpected reply {reply[:100]!r}")
 
     def stop(self) -> None:
-        if self.herd is not None:
-            self.herd.__exit__(None, None, None)
-            self.herd = None
-        if self.proc is not None:
-            stop_pid(self.proc)
-            self.proc = None
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.running.close()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def options(p: argparse.ArgumentParser) -> None:
     cpus = len(os.sched_getaffinity(0))
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 repeat of 0.4 s per point")
-    p.add_argument("--targets", default=",".join(TARGETS))
-    p.add_argument("--modes", default="rr,pipeline")
-    p.add_argument("--conns", default="1,10,50,100")
+    p.add_argument("--targets", type=script.choices(TARGETS), default=",".join(TARGETS))
+    p.add_argument("--modes", type=script.choices(MODES), default=",".join(MODES))
+    p.add_argument("--conns", type=script.numbers, default="1,10,50,100")
     p.add_argument("--procs", type=int, default=max(1, cpus - 1), help="client processes")
     p.add_argument("--window", type=int, default=128, help="pipelined lines in flight per conn")
     p.add_argument("--duration", type=float, default=2.0, help="seconds measured per point")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of load before measuring")
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-pin", action="store_true", help="do not pin server and clients to cpus")
     p.add_argument("--redis-server", default=shutil.which("redis-server"), help="redis binary")
     p.add_argument("--max-lines", type=int, default=20_000_000, help="per client process per run")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.repeats = 0.4, 0.2, 1
-    args.targets = [t for t in args.targets.split(",") if t]
-    args.modes = [m for m in args.modes.split(",") if m]
-    args.conns = [int(c) for c in args.conns.split(",") if c]
-    for t in args.targets:
-        if t not in TARGETS:
-            p.error(f"unknown target {t!r}")
-    for m in args.modes:
-        if m not in ("rr", "pipeline"):
-            p.error(f"unknown mode {m!r}")
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    machine = machine_info()
+def measure(run: Run) -> Result:
+    args = run.args
     notes: list[str] = []
     targets = list(args.targets)
     if "redis" in targets and not (args.redis_server and Path(args.redis_server).exists()):
@@ -222,97 +169,55 @@ def main(argv: list[str] | None = None) -> int:
         f"{procs} client process(es) on cpus {sorted(client_cpus) if client_cpus else 'any'}"
     )
     servers = {t: Server(t, args.redis_server) for t in targets}
-    points = [(m, c) for m in args.modes for c in args.conns]
-    raw: dict[tuple[str, str, int], list[dict[str, Any]]] = {
-        (t, m, c): [] for t in targets for m, c in points
-    }
-    tag_n = 0
+    tags = itertools.count()
+
+    def once(point: tuple[str, int, str], rep: int) -> dict[str, Any]:
+        mode, conns, kind = point
+        server = servers[kind]
+        start_at = time.monotonic() + 0.3 + args.warmup
+        common = {
+            "ports": (server.port,),
+            "start_at": start_at,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "max_lines": args.max_lines,
+            "drain_timeout": 5.0,
+            "cpus": tuple(sorted(client_cpus)) if client_cpus else None,
+        }
+        loads = [
+            RequestResponse(conns=n, send=server.lines(f"g{next(tags)}"), **common)
+            if mode == "rr"
+            else Pipelined(
+                conns=n, send=server.lines(f"g{next(tags)}"), window=args.window, **common
+            )
+            for n in split(conns, procs)
+        ]
+        results, usage = pool.run(
+            loads,
+            timeout=args.warmup + args.duration + 30,
+            meter=[server.pid],
+            window=(start_at, start_at + args.duration),
+        )
+        return {
+            "rate": total(results, "in_window") / args.duration,
+            "server_cpu": usage.get(server.pid),
+            "client_cpu_max": max((r["cpu_fraction"] or 0) for r in results),
+            "errors": total(results, "errors"),
+            "unanswered": total(results, "unanswered"),
+            "lost_connections": total(results, "lost_connections"),
+        }
+
+    points = [(m, c, k) for m in args.modes for c in args.conns for k in targets]
     try:
         for kind, server in servers.items():
             console.print(f"starting {kind}")
             server.start(server_cpus)
-        with ClientPool(procs) as pool, progress() as bar:
-            task = bar.add_task("gateway", total=args.repeats * len(points) * len(targets))
-            for rep in range(args.repeats):
-                for mode, conns in points:
-                    for kind in targets:
-                        server = servers[kind]
-                        bar.update(task, description=f"{kind} {mode} x{conns} (#{rep + 1})")
-                        start_at = time.monotonic() + 0.3 + args.warmup
-                        specs = []
-                        for n in split(conns, procs):
-                            tag_n += 1
-                            specs.append(
-                                LoadSpec(
-                                    ports=(server.port,),
-                                    conns=n,
-                                    mode=mode,
-                                    payload=server.payload,
-                                    tag=f"g{tag_n}",
-                                    start_at=start_at,
-                                    duration=args.duration,
-                                    warmup=args.warmup,
-                                    window=args.window,
-                                    max_lines=args.max_lines,
-                                    drain_timeout=5.0,
-                                    cpus=tuple(sorted(client_cpus)) if client_cpus else None,
-                                )
-                            )
-                        results, usage = pool.run(
-                            specs,
-                            timeout=args.warmup + args.duration + 30,
-                            meter=[server.pid],
-                            window=(start_at, start_at + args.duration),
-                        )
-                        raw[kind, mode, conns].append(
-                            {
-                                "rate": sum(r["in_window"] for r in results) / args.duration,
-                                "server_cpu": usage.get(server.pid),
-                                "client_cpu_max": max((r["cpu_fraction"] or 0) for r in results),
-                                "errors": sum(r["errors"] for r in results),
-                                "unanswered": sum(r["unanswered"] for r in results),
-                                "lost_connections": sum(r["lost_connections"] for r in results),
-                            }
-                        )
-                        bar.advance(task)
+        with ClientPool(procs) as pool:
+            raw = run.repeat(points, once, label=lambda p: f"{p[2]} {p[0]} x{p[1]}")
     finally:
         for server in servers.values():
             server.stop()
-
-    figures = []
-    for mode, conns in points:
-        base = raw.get(("baseline", mode, conns))
-        for kind in targets:
-            runs = raw[kind, mode, conns]
-            fig: dict[str, Any] = {
-                "target": kind,
-                "mode": mode,
-                "conns": conns,
-                "rate": summary([r["rate"] for r in runs]),
-                "server_cpu": summary([r["server_cpu"] for r in runs]),
-                "client_cpu_max": summary([r["client_cpu_max"] for r in runs]),
-                "errors": sum(r["errors"] for r in runs),
-                "unanswered": sum(r["unanswered"] for r in runs),
-                "lost_connections": sum(r["lost_connections"] for r in runs),
-                "runs": runs,
-            }
-            if base and kind != "baseline":
-                fig["ratio_to_baseline"] = summary(
-                    [
-                        r["rate"] / b["rate"] if b["rate"] else None
-                        for r, b in zip(runs, base, strict=True)
-                    ]
-                )
-            fig["server_us_per_line"] = summary(
-                [
-                    r["server_cpu"] / r["rate"] * 1e6 if r["server_cpu"] and r["rate"] else None
-                    for r in runs
-                ]
-            )
-            scpu = fig["server_cpu"]["median"]
-            fig["client_bound"] = scpu is not None and scpu < CLIENT_BOUND_SERVER_CPU
-            figures.append(fig)
-
+    figures = [figure(raw, point) for point in points]
     goals = goals_of(figures, targets)
     if "redis" not in targets:
         goals.append(
@@ -324,28 +229,44 @@ def main(argv: list[str] | None = None) -> int:
                 "redis-server not available: skipped",
             )
         )
-    json_path, png_path = result_paths("gateway", args.out, args.quick)
-    parameters = parameters_of(
-        args,
-        procs=procs,
-        server_cpus=sorted(server_cpus or []),
-        client_cpus=sorted(client_cpus or []),
-        targets_run=targets,
-    )
-    write_results(
-        "gateway",
-        parameters,
+    return Result(
         figures,
-        targets=goals,
-        notes=notes,
-        machine=machine,
-        started=started,
-        path=json_path,
+        goals,
+        notes,
+        parameters={
+            "procs": procs,
+            "server_cpus": sorted(server_cpus or []),
+            "client_cpus": sorted(client_cpus or []),
+            "targets_run": targets,
+        },
+        plot=lambda png: plot(figures, targets, args, png),
+        show=lambda: show(figures),
     )
-    plot(figures, targets, args, png_path)
-    show(figures, goals, notes)
-    finish(json_path, png_path)
-    return 0
+
+
+def figure(raw: dict[tuple[str, int, str], list[dict]], point: tuple[str, int, str]) -> dict:
+    """One target's figures at one mode and connection count, over the repeats."""
+    mode, conns, kind = point
+    runs = raw[point]
+    base = raw.get((mode, conns, "baseline"))
+    fig: dict[str, Any] = {
+        "target": kind,
+        "mode": mode,
+        "conns": conns,
+        **summaries(runs, "rate", "server_cpu", "client_cpu_max"),
+        **{key: sum(r[key] for r in runs) for key in ("errors", "unanswered", "lost_connections")},
+        "runs": runs,
+    }
+    if base and kind != "baseline":
+        fig["ratio_to_baseline"] = summary(
+            [r["rate"] / b["rate"] if b["rate"] else None for r, b in zip(runs, base, strict=True)]
+        )
+    fig["server_us_per_line"] = summary(
+        [r["server_cpu"] / r["rate"] * 1e6 if r["server_cpu"] and r["rate"] else None for r in runs]
+    )
+    scpu = fig["server_cpu"]["median"]
+    fig["client_bound"] = scpu is not None and scpu < CLIENT_BOUND_SERVER_CPU
+    return fig
 
 
 def _median(figures: list[dict], kind: str, mode: str, conns: int, key: str = "rate") -> Any:
@@ -395,7 +316,7 @@ def goals_of(figures: list[dict], targets: list[str]) -> list[dict]:
     return goals
 
 
-def show(figures: list[dict], goals: list[dict], notes: list[str]) -> None:
+def show(figures: list[dict]) -> None:
     rows = []
     for f in figures:
         ratio = f.get("ratio_to_baseline")
@@ -429,9 +350,6 @@ def show(figures: list[dict], goals: list[dict], notes: list[str]) -> None:
         ],
         rows,
     )
-    print_targets(goals)
-    for n in notes:
-        console.print(f"note: {n}")
 
 
 def plot(figures: list[dict], targets: list[str], args: argparse.Namespace, png: Path) -> None:
@@ -454,4 +372,4 @@ def plot(figures: list[dict], targets: list[str], args: argparse.Namespace, png:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("gateway", __doc__, options, measure, quick=QUICK))

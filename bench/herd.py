@@ -43,55 +43,40 @@ Writes bench/results/herd-<date>.json and .png (herd-quick-<date>.* with --quick
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from bench.common import (
-    ClientPool,
-    HerdRun,
-    LoadSpec,
-    Profiler,
-    check_herd,
-    console,
-    converge,
-    cpu_seconds,
-    errorbar_args,
-    finish,
-    log_sections,
-    machine_info,
-    parameters_of,
-    print_table,
-    print_targets,
-    progress,
-    pyplot,
-    result_paths,
-    save_figure,
-    seeded,
-    spread,
-    summary,
-    target,
-    today,
-    write_results,
-)
+from bench import script
+from bench.herds import converge, herd_options, log_sections, misses, scratch_herd
+from bench.lines import tag_of
+from bench.load import ClientPool, Iamats, Paced, Pipelined, total
+from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread, target
+from bench.script import Result, Run
+from bench.stats import summaries, summary
+from bench.usage import Profiler, cpu_seconds, memory
+from zherd.harness import Herd
 
 TARGET_RATE = 100_000
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
+def rates(text: str) -> list[int]:
+    """Offered rates; `max` (0) is as fast as the herd answers."""
+    return script.numbers(text.replace("max", "0"))
+
+
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rates",
+        type=rates,
         default="20000,50000,100000,max",
         help="offered IAMAT/s across the herd; 'max' = as fast as it answers",
     )
     p.add_argument("--duration", type=float, default=5.0, help="seconds of offered load")
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--procs", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--conns-per-proc", type=int, default=5)
     p.add_argument("--clients", type=int, default=10_000, help="distinct client ids")
@@ -100,21 +85,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--converge-timeout", type=float, default=60.0)
     p.add_argument("--settle", type=float, default=10.0, help="seconds to re-check misses")
     p.add_argument("--max-lines", type=int, default=5_000_000, help="per client process")
-    p.add_argument("--no-storage", action="store_true")
-    p.add_argument(
-        "--log-level",
-        default=None,
-        help="diagnostic: [logging] level for the servers (default: the product's, INFO)",
-    )
+    herd_options(p)
     p.add_argument("--profile", metavar="SERVER", default=None)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.rates, args.duration, args.repeats, args.clients = "5000,max", 1.0, 1, 2000
-        args.converge_timeout, args.settle = 30.0, 5.0
-    args.rates = [0 if r == "max" else int(float(r)) for r in args.rates.split(",") if r]
-    return args
+
+
+QUICK = {
+    "rates": "5000,max",
+    "duration": 1.0,
+    "repeats": 1,
+    "clients": 2000,
+    "converge_timeout": 30.0,
+    "settle": 5.0,
+}
 
 
 def _tkey(t: str) -> tuple[int, int]:
@@ -126,7 +109,7 @@ def pick_sample(expected: dict[str, str], n: int, rng: Any) -> dict[str, str]:
     """The last few clients moved on each connection, then random others, `n` in all."""
     by_conn: dict[str, list[str]] = {}
     for cid in expected:
-        by_conn.setdefault(cid.rsplit(".", 1)[0], []).append(cid)
+        by_conn.setdefault(tag_of(cid), []).append(cid)
     chosen: list[str] = []
     per = max(1, n // (2 * max(1, len(by_conn))))
     for ids in by_conn.values():
@@ -139,70 +122,51 @@ def pick_sample(expected: dict[str, str], n: int, rng: Any) -> dict[str, str]:
 
 
 def run_once(
-    args: argparse.Namespace,
-    herd: HerdRun,
-    pool: ClientPool,
-    rate: int,
-    run_id: int,
-    bar: Any,
-    task: Any,
-    profile_out: Path | None,
+    run: Run, herd: Herd, pool: ClientPool, rate: int, run_id: int, profile_out: Path | None
 ) -> dict[str, Any]:
-    names = herd.names
+    args = run.args
+    names = list(herd.ports)
     ports = [herd.port(n) for n in names]
     total_conns = args.procs * args.conns_per_proc
     ids_per_conn = max(1, args.clients // total_conns)
     start_at = time.monotonic() + 0.5
-    specs = []
+    loads = []
     for i in range(args.procs):
-        rot = ports[i % len(ports) :] + ports[: i % len(ports)]
-        specs.append(
-            LoadSpec(
-                ports=tuple(rot),
-                conns=args.conns_per_proc,
-                mode="paced" if rate else "pipeline",
-                payload="iamat",
-                tag=f"h{run_id}p{i}",
-                start_at=start_at,
-                duration=args.duration,
-                window=args.window if rate else 128,
-                rate=rate / args.procs,
-                max_lines=args.max_lines,
-                ids_per_conn=ids_per_conn,
-                drain_timeout=60.0,
-                want_newest=True,
-            )
+        common = {
+            "ports": tuple(ports[i % len(ports) :] + ports[: i % len(ports)]),
+            "conns": args.conns_per_proc,
+            "send": Iamats(f"h{run_id}p{i}", ids_per_conn, report_newest=True),
+            "start_at": start_at,
+            "duration": args.duration,
+            "max_lines": args.max_lines,
+            "drain_timeout": 60.0,
+        }
+        loads.append(
+            Paced(rate=rate / args.procs, window=args.window, **common)
+            if rate
+            else Pipelined(window=128, **common)
         )
     pids = {n: herd.pid(n) for n in names}
     prof = Profiler(pids[args.profile], args.duration, profile_out) if profile_out else None
     label = f"{rate:,}/s" if rate else "max"
-
-    def tick(received: int) -> None:
-        bar.update(task, description=f"{label}: {received:,} acked")
-
     cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
     results, usage = pool.run(
-        specs,
+        loads,
         timeout=args.duration + 120,
-        on_tick=tick,
+        on_tick=lambda received: run.status(f"{label}: {received:,} acked"),
         meter=list(pids.values()),
         window=(start_at, start_at + args.duration),
     )
     profile = prof.finish() if prof else None
-    sent = sum(r["sent"] for r in results)
-    acked = sum(r["in_window"] for r in results)
-    received = sum(r["received"] for r in results)
-    errors = sum(r["errors"] for r in results)
+    sent = total(results, "sent")
     last_reply = max(r["last_reply"] for r in results)
     expected: dict[str, str] = {}
     for r in results:
         expected.update(r["newest"])
-    rng = seeded(args.seed + run_id)
-    sample = pick_sample(expected, args.sample, rng)
-    port_of = dict(zip(names, ports, strict=True))
-    bar.update(task, description=f"{label}: converging")
+    sample = pick_sample(expected, args.sample, random.Random(args.seed + run_id))
+    run.status(f"{label}: converging")
     t_poll = time.monotonic()
-    t_conv, misses = converge(port_of, sample, timeout=args.converge_timeout)
+    t_conv, missed = converge(herd, sample, timeout=args.converge_timeout)
     poll_rounds_end = time.monotonic()
     cpu_after = {n: cpu_seconds(pid) for n, pid in pids.items()}
     cpu_used = {
@@ -212,93 +176,72 @@ def run_once(
         for n in names
     }
     known_cpu = [v for v in cpu_used.values() if v is not None]
-    bar.update(task, description=f"{label}: checking {len(expected):,} clients x 5")
+    run.status(f"{label}: checking {len(expected):,} clients x {len(names)}")
     t_check = time.monotonic()
-    import asyncio
-
-    full = asyncio.run(check_herd(port_of, expected, timeout=120))
+    full = misses(herd, expected, timeout=120)
     check_seconds = time.monotonic() - t_check
     bad = {c: expected[c] for ids in full.values() for c in ids}
     lost_by_server = {n: len(v) for n, v in full.items()}
     if bad:
-        _, still = converge(port_of, bad, timeout=args.settle)
+        _, still = converge(herd, bad, timeout=args.settle)
         lost_by_server = {n: len(v) for n, v in still.items()} if still else dict.fromkeys(names, 0)
-    lost = sum(lost_by_server.values())
-    rss = {}
-    for n, pid in pids.items():
-        try:
-            rss[n] = psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            rss[n] = None
     elapsed = (t_conv - start_at) if t_conv else None
     return {
         "offered": rate or None,
         "sent": sent,
-        "received": received,
-        "errors": errors,
-        "acked_rate": acked / args.duration,
+        "received": total(results, "received"),
+        "errors": total(results, "errors"),
+        "acked_rate": total(results, "in_window") / args.duration,
         "converged_rate": sent / elapsed if elapsed else None,
         "converge_seconds": (t_conv - last_reply) if t_conv else None,
         "send_to_last_reply": last_reply - start_at,
         "poll_seconds": poll_rounds_end - t_poll,
         "converged": t_conv is not None,
         "clients": len(expected),
-        "lost": lost,
+        "lost": sum(lost_by_server.values()),
         "lost_by_server": lost_by_server,
-        "misses_at_converge_timeout": {n: len(v) for n, v in misses.items()} if misses else {},
+        "misses_at_converge_timeout": {n: len(v) for n, v in missed.items()} if missed else {},
         "check_seconds": check_seconds,
         "server_cpu": {n: usage.get(pid) for n, pid in pids.items()},
         "server_cpu_seconds_to_converge": cpu_used,
         "server_cpu_us_per_update": sum(known_cpu) / sent * 1e6 if sent and known_cpu else None,
         "client_cpu": [r["cpu_fraction"] for r in results],
-        "rss_bytes": rss,
+        "rss_bytes": {n: memory(pid)["rss"] for n, pid in pids.items()},
         "profile": profile,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    machine = machine_info()
-    json_path, png_path = result_paths("herd", args.out, args.quick)
-    runs: dict[int, list[dict[str, Any]]] = {r: [] for r in args.rates}
+def measure(run: Run) -> Result:
+    args = run.args
+    run_ids = itertools.count(1)
     notes = [
         f"storage {'off' if args.no_storage else 'on'}; nothing pinned; "
         f"{args.procs} client processes x {args.conns_per_proc} connections"
     ]
-    run_id = 0
     with (
-        HerdRun(storage=not args.no_storage, sections=log_sections(args)) as herd,
+        scratch_herd(storage=not args.no_storage, sections=log_sections(args.log_level)) as herd,
         ClientPool(args.procs) as pool,
-        progress() as bar,
     ):
-        if args.profile and args.profile not in herd.names:
+        if args.profile and args.profile not in herd.ports:
             raise SystemExit(f"--profile: no server named {args.profile}")
-        task = bar.add_task("herd", total=args.repeats * len(args.rates))
-        for rep in range(args.repeats):
-            for rate in args.rates:
-                run_id += 1
-                prof_out = None
-                if args.profile and rep == 0:
-                    prof_out = json_path.parent / (
-                        f"herd-profile-{args.profile}-{rate or 'max'}-{today()}.txt"
-                    )
-                runs[rate].append(run_once(args, herd, pool, rate, run_id, bar, task, prof_out))
-                bar.advance(task)
 
+        def once(rate: int, rep: int) -> dict[str, Any]:
+            profile_out = None
+            if args.profile and rep == 0:
+                profile_out = run.path(f"profile-{args.profile}-{rate or 'max'}")
+            return run_once(run, herd, pool, rate, next(run_ids), profile_out)
+
+        runs = run.repeat(args.rates, once, label=lambda r: f"{r:,}/s" if r else "max")
     figures = []
     for rate, rs in runs.items():
         figures.append(
             {
                 "offered": rate or "max",
-                "acked_rate": summary([r["acked_rate"] for r in rs]),
-                "converged_rate": summary([r["converged_rate"] for r in rs]),
-                "converge_seconds": summary([r["converge_seconds"] for r in rs]),
-                "lost": summary([r["lost"] for r in rs]),
+                **summaries(rs, "acked_rate", "converged_rate", "converge_seconds", "lost"),
                 "lost_total": sum(r["lost"] for r in rs),
                 "errors": sum(r["errors"] for r in rs),
                 "all_converged": all(r["converged"] for r in rs),
-                "server_cpu_us_per_update": summary([r["server_cpu_us_per_update"] for r in rs]),
+                **summaries(rs, "server_cpu_us_per_update"),
                 "server_cpu_mean": summary(
                     [sum(v for v in r["server_cpu"].values() if v) / 5 for r in rs]
                 ),
@@ -316,58 +259,45 @@ def main(argv: list[str] | None = None) -> int:
         ),
         target("lost updates (all runs)", lost_total, "0", lost_total == 0),
     ]
-    parameters = parameters_of(args)
-    write_results(
-        "herd",
-        parameters,
-        figures,
-        targets=goals,
-        notes=notes,
-        machine=machine,
-        started=started,
-        path=json_path,
-    )
-    plot(figures, args, png_path)
-    rows = [
-        (
-            f"{f['offered']:,}" if isinstance(f["offered"], int) else f["offered"],
-            spread(f["acked_rate"]),
-            spread(f["converged_rate"]),
-            spread(f["converge_seconds"], 1, " s"),
-            f["lost_total"],
-            f["errors"],
-            spread(f["server_cpu_mean"], 100, "%"),
-            spread(f["server_cpu_us_per_update"], 1, " us"),
-            "yes" if f["all_converged"] else "NO",
+
+    def show() -> None:
+        rows = [
+            (
+                f"{f['offered']:,}" if isinstance(f["offered"], int) else f["offered"],
+                spread(f["acked_rate"]),
+                spread(f["converged_rate"]),
+                spread(f["converge_seconds"], 1, " s"),
+                f["lost_total"],
+                f["errors"],
+                spread(f["server_cpu_mean"], 100, "%"),
+                spread(f["server_cpu_us_per_update"], 1, " us"),
+                "yes" if f["all_converged"] else "NO",
+            )
+            for f in figures
+        ]
+        print_table(
+            "herd: five servers, IAMAT offered vs achieved (median [min-max])",
+            [
+                "offered/s",
+                "acked/s",
+                "converged/s",
+                "converge",
+                "lost",
+                "errors",
+                "server cpu (mean of 5)",
+                "server cpu per update",
+                "converged",
+            ],
+            rows,
         )
-        for f in figures
-    ]
-    print_table(
-        "herd: five servers, IAMAT offered vs achieved (median [min-max])",
-        [
-            "offered/s",
-            "acked/s",
-            "converged/s",
-            "converge",
-            "lost",
-            "errors",
-            "server cpu (mean of 5)",
-            "server cpu per update",
-            "converged",
-        ],
-        rows,
-    )
-    print_targets(goals)
-    for f in figures:
-        for r in f["runs"]:
-            if r.get("profile"):
-                top = ", ".join(f"{fr} {p}%" for fr, p in r["profile"]["self"][:8])
-                console.print(f"profile {args.profile} @ {f['offered']}: {top}")
-                break
-    for n in notes:
-        console.print(f"note: {n}")
-    finish(json_path, png_path)
-    return 0
+        for f in figures:
+            for r in f["runs"]:
+                if r.get("profile"):
+                    top = ", ".join(f"{fr} {p}%" for fr, p in r["profile"]["self"][:8])
+                    console.print(f"profile {args.profile} @ {f['offered']}: {top}")
+                    break
+
+    return Result(figures, goals, notes, plot=lambda png: plot(figures, args, png), show=show)
 
 
 def plot(figures: list[dict], args: argparse.Namespace, png: Path) -> None:
@@ -401,4 +331,4 @@ def plot(figures: list[dict], args: argparse.Namespace, png: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("herd", __doc__, options, measure, quick=QUICK))

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import os
 import re
 import shutil
@@ -51,29 +52,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    ClientPool,
-    HerdRun,
-    LoadSpec,
-    console,
-    cpu_seconds,
-    errorbar_args,
-    finish,
-    log_sections,
-    machine_info,
-    parameters_of,
-    percentile,
-    print_table,
-    print_targets,
-    progress,
-    pyplot,
-    result_paths,
-    save_figure,
-    spread,
-    summary,
-    target,
-    write_results,
-)
+from bench import script
+from bench.herds import herd_options, log_sections, scratch_herd
+from bench.load import ClientPool, Iamats, Paced, Probes, total
+from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread, target
+from bench.script import Result, Run
+from bench.stats import percentile, summaries, summary
+from bench.usage import cpu_seconds
 
 ORIGIN, DEST = "Powell", "Hamilton"
 TARGET_P99_MS = 5.0
@@ -84,15 +69,17 @@ _ARROW = re.compile(r"^\s+(<-|->) (\S+?):")
 _AT = re.compile(r"\bAT " + ORIGIN + r" \S+ (\S+) \S+ (\S+)")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--rates", default="100,1000,10000", help="background IAMAT/s across the herd")
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rates",
+        type=script.numbers,
+        default="100,1000,10000",
+        help="background IAMAT/s across the herd",
+    )
     p.add_argument("--probes", type=int, default=300, help="probes per run")
     p.add_argument("--interval", type=float, default=0.02, help="seconds between probes")
     p.add_argument("--method", choices=("both", "log", "poll"), default="both")
     p.add_argument("--poll-gap", type=float, default=0.0002)
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
         "--procs",
         type=int,
@@ -101,19 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--conns-per-proc", type=int, default=5)
     p.add_argument("--clients", type=int, default=5000, help="background client ids")
-    p.add_argument("--no-storage", action="store_true")
-    p.add_argument(
-        "--log-level",
-        default=None,
-        help="diagnostic: [logging] level for the servers (default: the product's, INFO)",
-    )
+    herd_options(p)
     p.add_argument("--keep-logs", action="store_true", help="keep each herd's temp folder")
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.rates, args.probes, args.interval, args.repeats = "100,1000", 40, 0.01, 1
-    args.rates = [int(float(r)) for r in args.rates.split(",") if r]
-    return args
+
+
+QUICK = {"rates": "100,1000", "probes": 40, "interval": 0.01, "repeats": 1}
 
 
 def known_times(log: Path, ids: set[str]) -> dict[str, tuple[float, int]]:
@@ -152,58 +131,45 @@ def known_times(log: Path, ids: set[str]) -> dict[str, tuple[float, int]]:
     return found
 
 
-def run_once(
-    args: argparse.Namespace, rate: int, run_id: int, pool: ClientPool, bar: Any, task: Any
-) -> dict[str, Any]:
-    herd = HerdRun(storage=not args.no_storage, keep=True, sections=log_sections(args))
-    with herd:
-        names = herd.names
+def run_once(run: Run, pool: ClientPool, rate: int, run_id: int) -> dict[str, Any]:
+    args = run.args
+    sections = log_sections(args.log_level)
+    with scratch_herd(storage=not args.no_storage, sections=sections, keep=True) as herd:
+        names = list(herd.ports)
         ports = [herd.port(n) for n in names]
         warm = 0.5
         t0 = time.monotonic() + 0.5
         probe_span = args.probes * args.interval + 3.0
-        specs = []
         per_conn = max(1, args.clients // (args.procs * args.conns_per_proc))
-        for i in range(args.procs):
-            rot = ports[i % 5 :] + ports[: i % 5]
-            specs.append(
-                LoadSpec(
-                    ports=tuple(rot),
-                    conns=args.conns_per_proc,
-                    mode="paced",
-                    payload="iamat",
-                    tag=f"bg{run_id}p{i}",
-                    start_at=t0,
-                    duration=warm + probe_span,
-                    rate=rate / args.procs,
-                    window=1000,
-                    ids_per_conn=per_conn,
-                    drain_timeout=20,
-                )
+        jobs: list[Paced | Probes] = [
+            Paced(
+                ports=tuple(ports[i % 5 :] + ports[: i % 5]),
+                conns=args.conns_per_proc,
+                send=Iamats(f"bg{run_id}p{i}", per_conn),
+                start_at=t0,
+                duration=warm + probe_span,
+                rate=rate / args.procs,
+                window=1000,
+                drain_timeout=20,
             )
-        specs.append(
-            LoadSpec(
-                ports=(herd.port(ORIGIN), herd.port(DEST)),
-                conns=1,
-                mode="probe",
-                payload="iamat",
+            for i in range(args.procs)
+        ]
+        jobs.append(
+            Probes(
+                origin=herd.port(ORIGIN),
+                poll=herd.port(DEST) if args.method in ("both", "poll") else None,
                 tag=f"probe{run_id}",
                 start_at=t0 + warm,
                 duration=probe_span,
-                probes=args.probes,
-                probe_interval=args.interval,
-                probe_poll=args.method in ("both", "poll"),
+                count=args.probes,
+                interval=args.interval,
                 poll_gap=args.poll_gap,
             )
         )
-
-        def tick(done: int) -> None:
-            bar.update(task, description=f"{rate:,}/s background")
-
         pids = {n: herd.pid(n) for n in names}
         cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
         w0 = time.monotonic()
-        results, _ = pool.run(specs, timeout=warm + probe_span + 90, on_tick=tick)
+        results, _ = pool.run(jobs, timeout=warm + probe_span + 90)
         wall = time.monotonic() - w0
         cpu1 = {n: cpu_seconds(pid) for n, pid in pids.items()}
         background = results[:-1]
@@ -217,7 +183,7 @@ def run_once(
         log_known = known_times(herd.log_path(DEST), {p["id"] for p in probes})
     if not args.keep_logs:
         shutil.rmtree(herd.root, ignore_errors=True)
-    bg_acked = sum(r["in_window"] for r in background) / (warm + probe_span)
+    bg_acked = total(background, "in_window") / (warm + probe_span)
     lat_log, lat_poll, lat_poll_lo, rtts, batch = [], [], [], [], []
     for p in probes:
         if p["id"] in log_known:
@@ -241,7 +207,7 @@ def run_once(
     return {
         "rate": rate,
         "background_acked_rate": bg_acked,
-        "background_errors": sum(r["errors"] for r in background),
+        "background_errors": total(background, "errors"),
         "server_cpu": server_cpu,
         "probes_sent": len(probes),
         "probe_replies_ok": sum(p["ok"] for p in probes),
@@ -255,26 +221,21 @@ def run_once(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    machine = machine_info()
-    json_path, png_path = result_paths("propagation", args.out, args.quick)
-    runs: dict[int, list[dict[str, Any]]] = {r: [] for r in args.rates}
-    run_id = 0
-    with ClientPool(args.procs + 1) as pool, progress() as bar:
-        task = bar.add_task("propagation", total=args.repeats * len(args.rates))
-        for _ in range(args.repeats):
-            for rate in args.rates:
-                run_id += 1
-                runs[rate].append(run_once(args, rate, run_id, pool, bar, task))
-                bar.advance(task)
+def measure(run: Run) -> Result:
+    args = run.args
+    run_ids = itertools.count(1)
+    with ClientPool(args.procs + 1) as pool:
+        runs = run.repeat(
+            args.rates,
+            lambda rate, rep: run_once(run, pool, rate, next(run_ids)),
+            label=lambda rate: f"{rate:,}/s background",
+        )
     methods = [m for m in ("log", "poll") if args.method in (m, "both")]
     figures = []
     for rate, rs in runs.items():
         fig: dict[str, Any] = {
             "rate": rate,
-            "background_acked_rate": summary([r["background_acked_rate"] for r in rs]),
+            **summaries(rs, "background_acked_rate"),
             "busiest_server_cpu": summary(
                 [
                     max((v for v in r["server_cpu"].values() if v is not None), default=None)
@@ -310,57 +271,48 @@ def main(argv: list[str] | None = None) -> int:
         "log: first Hamilton bus record showing the probe, stamped after its batch was applied",
         "poll: WHATSAT at Hamilton until known; overestimates by <= one poll RTT + gap",
     ]
-    parameters = parameters_of(args)
-    write_results(
-        "propagation",
-        parameters,
-        figures,
-        targets=goals,
-        notes=notes,
-        machine=machine,
-        started=started,
-        path=json_path,
-    )
-    plot(figures, methods, args, png_path)
-    rows = []
-    for f in figures:
-        for m in methods:
-            rows.append(
-                (
-                    f"{f['rate']:,}",
-                    m,
-                    spread(f["background_acked_rate"]),
-                    spread(f[f"{m}_p50_ms"]),
-                    spread(f[f"{m}_p99_ms"]),
-                    spread(f[f"{m}_max_ms"]),
-                    spread(f["poll_rtt_p50_ms"]) if m == "poll" else "-",
-                    spread(f["busiest_server_cpu"], 100, "%"),
+
+    def show() -> None:
+        rows = []
+        for f in figures:
+            for m in methods:
+                rows.append(
+                    (
+                        f"{f['rate']:,}",
+                        m,
+                        spread(f["background_acked_rate"]),
+                        spread(f[f"{m}_p50_ms"]),
+                        spread(f[f"{m}_p99_ms"]),
+                        spread(f[f"{m}_max_ms"]),
+                        spread(f["poll_rtt_p50_ms"]) if m == "poll" else "-",
+                        spread(f["busiest_server_cpu"], 100, "%"),
+                    )
                 )
-            )
-    print_table(
-        "Powell -> Hamilton (3 hops), ms, median [min-max] over repeats",
-        [
-            "background/s",
-            "method",
-            "achieved bg/s",
-            "p50",
-            "p99",
-            "max",
-            "poll rtt p50",
-            "busiest server cpu",
-        ],
-        rows,
+        print_table(
+            "Powell -> Hamilton (3 hops), ms, median [min-max] over repeats",
+            [
+                "background/s",
+                "method",
+                "achieved bg/s",
+                "p50",
+                "p99",
+                "max",
+                "poll rtt p50",
+                "busiest server cpu",
+            ],
+            rows,
+        )
+        for f in figures:
+            for r in f["runs"]:
+                if r.get("log_missing") or r.get("poll_missing"):
+                    console.print(
+                        f"note: at {f['rate']}/s, probes not seen: log {r['log_missing']}, "
+                        f"poll {r['poll_missing']}"
+                    )
+
+    return Result(
+        figures, goals, notes, plot=lambda png: plot(figures, methods, args, png), show=show
     )
-    print_targets(goals)
-    for f in figures:
-        for r in f["runs"]:
-            if r.get("log_missing") or r.get("poll_missing"):
-                console.print(
-                    f"note: at {f['rate']}/s, probes not seen: log {r['log_missing']}, "
-                    f"poll {r['poll_missing']}"
-                )
-    finish(json_path, png_path)
-    return 0
 
 
 def plot(figures: list[dict], methods: list[str], args: argparse.Namespace, png: Path) -> None:
@@ -383,4 +335,4 @@ def plot(figures: list[dict], methods: list[str], args: argparse.Namespace, png:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("propagation", __doc__, options, measure, quick=QUICK))

@@ -31,68 +31,29 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    HOST,
-    console,
-    errorbar_args,
-    finish,
-    machine_info,
-    parameters_of,
-    print_table,
-    print_targets,
-    progress,
-    pyplot,
-    result_paths,
-    save_figure,
-    spread,
-    stop_pid,
-    summary,
-    target,
-    write_results,
-)
-from zherd.harness import PAPER_LINKS, PAPER_SERVERS, free_ports, topology_toml
-from zherd.launcher import READY
+from bench import script
+from bench.herds import scratch_herd
+from bench.report import console, errorbar_args, print_table, pyplot, save_figure, spread, target
+from bench.script import Result, Run
+from bench.stats import summaries
+from zherd.harness import accepts
+from zherd.launcher import READY, spawn, stop
 
 TARGET_S = 0.5
 TIMEOUT = 30.0
+PREFIX = "zherd-bench-startup-"
+QUICK = {"repeats": 1}
+CASES = ("python", "serve", "serve --no-storage", "start --all")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=5)
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poll", type=float, default=0.001, help="seconds between connect attempts")
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.repeats = 1
-    return args
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def write_topology(root: Path, servers: tuple[str, ...]) -> tuple[Path, dict[str, int]]:
-    ports = free_ports(2 * len(servers))
-    pairs = {n: (ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(servers)}
-    links = [link for link in PAPER_LINKS if set(link) <= set(servers)]
-    path = root / "topology.toml"
-    sections = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}}
-    path.write_text(topology_toml(pairs, links, sections))
-    return path, {n: p[0] for n, p in pairs.items()}
 
 
 def time_python() -> dict[str, float]:
@@ -102,14 +63,10 @@ def time_python() -> dict[str, float]:
 
 
 def time_serve(poll: float, storage: bool) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="zherd-bench-startup-"))
-    try:
-        config, ports = write_topology(root, ("Alford",))
-        port = ports["Alford"]
-        argv = [sys.executable, "-m", "zherd", "serve", "Alford", "--config", str(config)]
-        argv += [] if storage else ["--no-storage"]
+    with scratch_herd(("Alford",), (), prefix=PREFIX, start=False) as herd:
+        port = herd.port("Alford")
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=root)
+        proc = spawn(herd.config, "Alford", storage=storage, cwd=herd.root)
         try:
             accept = ready = None
             assert proc.stdout is not None
@@ -130,9 +87,7 @@ def time_serve(poll: float, storage: bool) -> dict[str, Any]:
                 raise RuntimeError("zherd serve did not accept clients in time")
             return {"accept": accept, "ready_line": ready}
         finally:
-            stop_pid(proc)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+            stop({"Alford": proc})
 
 
 def zherd_command() -> list[str]:
@@ -144,12 +99,11 @@ def zherd_command() -> list[str]:
 
 
 def time_start_all(poll: float) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="zherd-bench-startup-"))
-    try:
-        config, ports = write_topology(root, PAPER_SERVERS)
-        argv = [*zherd_command(), "start", "--all", "--config", str(config)]
+    with scratch_herd(prefix=PREFIX, start=False) as herd:
+        ports = {name: herd.port(name) for name in herd.ports}
+        argv = [*zherd_command(), "start", "--all", "--config", str(herd.config)]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=root)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=herd.root)
         pids: list[int] = []
         try:
             table = None
@@ -182,7 +136,7 @@ def time_start_all(poll: float) -> dict[str, Any]:
                 "per_server": accept,
             }
         finally:
-            stop_pid(proc)
+            stop({"start --all": proc}, timeout=10)
             for pid in pids:  # children the supervisor should have stopped
                 try:
                     os.kill(pid, 0)
@@ -190,35 +144,21 @@ def time_start_all(poll: float) -> dict[str, Any]:
                     continue
                 console.print(f"[yellow]child {pid} outlived the supervisor: killing it[/]")
                 os.kill(pid, signal.SIGKILL)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    machine = machine_info()
-    json_path, png_path = result_paths("startup", args.out, args.quick)
-    cases = ("python", "serve", "serve --no-storage", "start --all")
-    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
-    with progress() as bar:
-        task = bar.add_task("startup", total=args.repeats * len(cases))
-        for rep in range(args.repeats):
-            for case in cases:
-                bar.update(task, description=f"{case} #{rep + 1}")
-                if case == "python":
-                    runs[case].append(time_python())
-                elif case == "serve":
-                    runs[case].append(time_serve(args.poll, storage=True))
-                elif case == "serve --no-storage":
-                    runs[case].append(time_serve(args.poll, storage=False))
-                else:
-                    runs[case].append(time_start_all(args.poll))
-                bar.advance(task)
+def measure(run: Run) -> Result:
+    args = run.args
+    timers = {
+        "python": time_python,
+        "serve": lambda: time_serve(args.poll, storage=True),
+        "serve --no-storage": lambda: time_serve(args.poll, storage=False),
+        "start --all": lambda: time_start_all(args.poll),
+    }
+    runs = run.repeat(CASES, lambda case, rep: timers[case]())
     figures: dict[str, Any] = {}
     for case, rs in runs.items():
         keys = [k for k in rs[0] if k != "per_server"]
-        figures[case] = {k: summary([r[k] for r in rs]) for k in keys}
+        figures[case] = summaries(rs, *keys)
         figures[case]["runs"] = rs
     serve = figures["serve"]["accept"]["median"]
     herd = figures["start --all"]["all_accept"]["median"]
@@ -238,26 +178,22 @@ def main(argv: list[str] | None = None) -> int:
             "five servers start in parallel on this machine's cores",
         ),
     ]
-    parameters = parameters_of(args, zherd_command=zherd_command())
-    write_results(
-        "startup",
-        parameters,
+
+    def show() -> None:
+        rows = []
+        for case, fig in figures.items():
+            for k, s in fig.items():
+                if k != "runs":
+                    rows.append((case, k, spread(s, 1e3, " ms")))
+        print_table("start-up, median [min-max]", ["case", "until", "time"], rows)
+
+    return Result(
         figures,
-        targets=goals,
-        machine=machine,
-        started=started,
-        path=json_path,
+        goals,
+        parameters={"zherd_command": zherd_command()},
+        plot=lambda png: plot(figures, png, args),
+        show=show,
     )
-    rows = []
-    for case, fig in figures.items():
-        for k, s in fig.items():
-            if k != "runs":
-                rows.append((case, k, spread(s, 1e3, " ms")))
-    print_table("start-up, median [min-max]", ["case", "until", "time"], rows)
-    print_targets(goals)
-    plot(figures, png_path, args)
-    finish(json_path, png_path)
-    return 0
 
 
 def plot(figures: dict[str, Any], png: Path, args: argparse.Namespace) -> None:
@@ -280,4 +216,4 @@ def plot(figures: dict[str, Any], png: Path, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("startup", __doc__, options, measure, quick=QUICK, repeats=5))

@@ -29,53 +29,31 @@ Writes bench/results/whatsat-<date>.json and .png (whatsat-quick-<date>.* with -
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from bench.common import (
-    HOST,
-    ClientPool,
-    HerdRun,
-    LoadSpec,
-    Profiler,
-    console,
-    converge,
-    finish,
-    machine_info,
-    parameters_of,
-    percentile,
-    print_table,
-    print_targets,
-    progress,
-    pyplot,
-    result_paths,
-    save_figure,
-    seeded,
-    split,
-    spread,
-    summary,
-    target,
-    today,
-    write_results,
-)
+from bench import script
+from bench.herds import converge, scratch_herd
+from bench.lines import client_id
+from bench.load import ClientPool, Pipelined, RequestResponse, Whatsats, split, total
+from bench.report import console, print_table, pyplot, save_figure, spread, target
+from bench.script import Result, Run
+from bench.stats import histogram, percentile, summaries
+from bench.usage import Profiler, memory
+from zherd.harness import Client, Herd
 
 TARGET_P99_MS = 2.0
 TARGET_RSS_MB = 150.0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=5000, help="known clients seeded")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--procs", type=int, default=max(1, len(os.sched_getaffinity(0)) - 1))
     p.add_argument("--latency-conns", type=int, default=5)
     p.add_argument("--conns", type=int, default=10, help="pipelined throughput connections")
@@ -88,11 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="py-spy this server during the first throughput run",
     )
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.clients, args.duration, args.warmup, args.repeats = 500, 1.0, 0.5, 1
-    return args
+
+
+QUICK = {"clients": 500, "duration": 1.0, "warmup": 0.5, "repeats": 1}
 
 
 def random_places(n: int, rng: Any) -> tuple[list[tuple[float, float]], int]:
@@ -116,143 +92,115 @@ def random_places(n: int, rng: Any) -> tuple[list[tuple[float, float]], int]:
         index.close()
 
 
-async def seed(ports: list[int], clients: dict[str, str]) -> tuple[int, str]:
+def seed(herd: Herd, clients: dict[str, str]) -> tuple[int, str]:
     """IAMAT every client (ids spread over the servers), pipelined; the AT replies counted."""
-    ids = list(clients)
+    ids, names = list(clients), list(herd.ports)
     stamp = f"{time.time():.9f}"
-
-    async def one(i: int, port: int) -> int:
-        mine = ids[i :: len(ports)]
-        reader, writer = await asyncio.open_connection(HOST, port)
-        ok = 0
-        for k in range(0, len(mine), 500):
-            chunk = mine[k : k + 500]
-            writer.write("".join(f"IAMAT {c} {clients[c]} {stamp}\n" for c in chunk).encode())
-            for _ in chunk:
-                ok += (await reader.readline()).startswith(b"AT ")
-        writer.close()
-        return ok
-
-    done = await asyncio.gather(*(one(i, p) for i, p in enumerate(ports)))
-    return sum(done), stamp
+    ok = 0
+    for i, name in enumerate(names):
+        mine = ids[i :: len(names)]
+        with Client(herd.port(name), timeout=30) as c:
+            for k in range(0, len(mine), 500):
+                chunk = mine[k : k + 500]
+                c.send("".join(f"IAMAT {cid} {clients[cid]} {stamp}\n" for cid in chunk))
+                ok += sum(c.line().startswith("AT ") for _ in chunk)
+    return ok, stamp
 
 
-def memory(pids: dict[str, int]) -> dict[str, dict[str, int | None]]:
-    out = {}
-    for name, pid in pids.items():
-        try:
-            m = psutil.Process(pid).memory_full_info()
-            out[name] = {"rss": m.rss, "uss": m.uss, "pss": getattr(m, "pss", None)}
-        except psutil.Error:
-            out[name] = {"rss": None, "uss": None, "pss": None}
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    machine = machine_info()
-    rng = seeded(args.seed)
-    json_path, png_path = result_paths("whatsat", args.out, args.quick)
+def measure(run: Run) -> Result:
+    args = run.args
+    rng = random.Random(args.seed)
     places, n_places = random_places(args.clients, rng)
-    clients = {f"w{k}": f"{lat:+.6f}{lon:+.6f}" for k, (lat, lon) in enumerate(places)}
+    clients = {client_id("w", k): f"{lat:+.6f}{lon:+.6f}" for k, (lat, lon) in enumerate(places)}
     ids = list(clients)
-    lines = tuple(
-        f"WHATSAT {rng.choice(ids)} {rng.randint(1, 500) / 10:.1f} {rng.randint(1, 20)}"
-        for _ in range(20_000)
+    requests = Whatsats(
+        tuple(
+            f"WHATSAT {rng.choice(ids)} {rng.randint(1, 500) / 10:.1f} {rng.randint(1, 20)}"
+            for _ in range(20_000)
+        )
     )
     procs = max(1, args.procs)
     runs: list[dict[str, Any]] = []
-    mem_warm: dict[str, Any] = {}
-    mem_end: dict[str, Any] = {}
     profile = None
-    with HerdRun(storage=not args.no_storage) as herd, ClientPool(procs) as pool, progress() as bar:
-        names = herd.names
-        ports = [herd.port(n) for n in names]
-        pids = {n: herd.pid(n) for n in names}
-        task = bar.add_task("seeding", total=2 + 2 * args.repeats)
-        acked, stamp = asyncio.run(seed(ports, clients))
-        t_conv, misses = converge(
-            dict(zip(names, ports, strict=True)), dict.fromkeys(clients, stamp), timeout=60
-        )
+    with (
+        scratch_herd(storage=not args.no_storage) as herd,
+        ClientPool(procs) as pool,
+        run.progress(2 + 2 * args.repeats),
+    ):
+        ports = [herd.port(n) for n in herd.ports]
+        pids = {n: herd.pid(n) for n in herd.ports}
+        run.status("seeding")
+        acked, stamp = seed(herd, clients)
+        t_conv, missed = converge(herd, dict.fromkeys(clients, stamp), timeout=60)
         if t_conv is None:
-            raise SystemExit(f"the herd did not learn every seeded client: {misses}")
-        bar.advance(task)
+            raise SystemExit(f"the herd did not learn every seeded client: {missed}")
+        run.advance()
 
-        def load(mode: str, conns: int, duration: float, warmup: float, tag: str) -> Any:
+        def load(
+            shape: type[RequestResponse | Pipelined], conns: int, duration: float, warmup: float
+        ) -> Any:
             start_at = time.monotonic() + 0.3 + warmup
-            specs, offset = [], 0
-            for i, n in enumerate(split(conns, procs)):
-                rot = ports[offset % 5 :] + ports[: offset % 5]
+            jobs, offset = [], 0
+            for n in split(conns, procs):
+                common = {
+                    "ports": tuple(ports[offset % 5 :] + ports[: offset % 5]),
+                    "conns": n,
+                    "send": requests,
+                    "start_at": start_at,
+                    "duration": duration,
+                    "warmup": warmup,
+                    "drain_timeout": 20,
+                }
                 offset += n
-                specs.append(
-                    LoadSpec(
-                        ports=tuple(rot),
-                        conns=n,
-                        mode=mode,
-                        payload="whatsat",
-                        tag=f"{tag}{i}",
-                        start_at=start_at,
-                        duration=duration,
-                        warmup=warmup,
-                        window=args.window,
-                        whatsat_lines=lines,
-                        latency=mode == "rr",
-                        drain_timeout=20,
-                    )
+                jobs.append(
+                    RequestResponse(timed=True, **common)
+                    if shape is RequestResponse
+                    else Pipelined(window=args.window, **common)
                 )
             return pool.run(
-                specs,
+                jobs,
                 timeout=warmup + duration + 60,
                 meter=list(pids.values()),
                 window=(start_at, start_at + duration),
             )
 
-        bar.update(task, description="warm-up")
-        load("pipeline", args.conns, args.warmup, 0.0, "warm")
-        mem_warm = memory(pids)
-        bar.advance(task)
+        run.status("warm-up")
+        load(Pipelined, args.conns, args.warmup, 0.0)
+        mem_warm = {n: memory(pid) for n, pid in pids.items()}
+        run.advance()
         for rep in range(args.repeats):
-            bar.update(task, description=f"latency #{rep + 1}")
-            res, _ = load("rr", args.latency_conns, args.duration, 0.3, f"l{rep}")
+            run.status(f"latency #{rep + 1}")
+            res, _ = load(RequestResponse, args.latency_conns, args.duration, 0.3)
             lat = [x for r in res for x in r["latencies"]]
-            rr_rate = sum(r["in_window"] for r in res) / args.duration
-            errors = sum(r["errors"] for r in res)
-            bar.advance(task)
-            bar.update(task, description=f"throughput #{rep + 1}")
+            run.advance()
+            run.status(f"throughput #{rep + 1}")
             prof = None
             if args.profile and rep == 0:
                 prof = Profiler(
-                    pids[args.profile],
-                    args.duration + 0.3,
-                    json_path.parent / f"whatsat-profile-{args.profile}-{today()}.txt",
+                    pids[args.profile], args.duration + 0.3, run.path(f"profile-{args.profile}")
                 )
-            res2, usage = load("pipeline", args.conns, args.duration, 0.3, f"t{rep}")
+            res2, usage = load(Pipelined, args.conns, args.duration, 0.3)
             if prof is not None:
                 profile = prof.finish()
-            bar.advance(task)
+            run.advance()
             runs.append(
                 {
                     "p50_ms": percentile(lat, 50) * 1e3 if lat else None,
                     "p99_ms": percentile(lat, 99) * 1e3 if lat else None,
                     "max_ms": max(lat) * 1e3 if lat else None,
                     "requests_timed": len(lat),
-                    "rr_rate": rr_rate,
-                    "pipelined_rate": sum(r["in_window"] for r in res2) / args.duration,
-                    "errors": errors + sum(r["errors"] for r in res2),
+                    "rr_rate": total(res, "in_window") / args.duration,
+                    "pipelined_rate": total(res2, "in_window") / args.duration,
+                    "errors": total(res, "errors") + total(res2, "errors"),
                     "server_cpu": {n: usage.get(pid) for n, pid in pids.items()},
-                    "latency_histogram_ms": _histogram([x * 1e3 for x in lat]),
+                    "latency_histogram_ms": histogram([x * 1e3 for x in lat]),
                 }
             )
-        mem_end = memory(pids)
+        mem_end = {n: memory(pid) for n, pid in pids.items()}
 
     rss_mb = [m["rss"] / 2**20 for m in mem_warm.values() if m["rss"]]
     figures = {
-        "p50_ms": summary([r["p50_ms"] for r in runs]),
-        "p99_ms": summary([r["p99_ms"] for r in runs]),
-        "max_ms": summary([r["max_ms"] for r in runs]),
-        "rr_rate": summary([r["rr_rate"] for r in runs]),
-        "pipelined_rate": summary([r["pipelined_rate"] for r in runs]),
+        **summaries(runs, "p50_ms", "p99_ms", "max_ms", "rr_rate", "pipelined_rate"),
         "errors": sum(r["errors"] for r in runs),
         "memory_after_warmup": mem_warm,
         "memory_at_end": mem_end,
@@ -279,64 +227,46 @@ def main(argv: list[str] | None = None) -> int:
             "RSS counts the shared mmapped index; USS/PSS in the JSON",
         ),
     ]
-    parameters = parameters_of(args, procs=procs)
-    write_results(
-        "whatsat",
-        parameters,
+
+    def show() -> None:
+        print_table(
+            "WHATSAT (GeoNames), five servers, median [min-max]",
+            ["figure", "value"],
+            [
+                ("p50 latency", spread(figures["p50_ms"], unit=" ms")),
+                ("p99 latency", spread(figures["p99_ms"], unit=" ms")),
+                ("max latency", spread(figures["max_ms"], unit=" ms")),
+                (
+                    f"request/response rate ({args.latency_conns} conns)",
+                    spread(figures["rr_rate"], unit="/s"),
+                ),
+                (
+                    f"pipelined rate ({args.conns} conns x {args.window})",
+                    spread(figures["pipelined_rate"], unit="/s"),
+                ),
+                ("errors", figures["errors"]),
+            ],
+        )
+        print_table(
+            "memory per server after warm-up (MB)",
+            ["server", "RSS", "USS", "PSS"],
+            [
+                (n, *(m[k] / 2**20 if m[k] else None for k in ("rss", "uss", "pss")))
+                for n, m in mem_warm.items()
+            ],
+        )
+        if profile:
+            top = ", ".join(f"{fr} {p}%" for fr, p in profile["self"][:10])
+            console.print(f"profile {args.profile}: {top}")
+
+    return Result(
         figures,
-        targets=goals,
-        machine=machine,
-        started=started,
-        path=json_path,
-        notes=["latency: rr, write to end of reply, in the client process"],
+        goals,
+        ["latency: rr, write to end of reply, in the client process"],
+        parameters={"procs": procs},
+        plot=lambda png: plot(runs, mem_warm, png),
+        show=show,
     )
-    plot(runs, mem_warm, png_path)
-    print_table(
-        "WHATSAT (GeoNames), five servers, median [min-max]",
-        ["figure", "value"],
-        [
-            ("p50 latency", spread(figures["p50_ms"], unit=" ms")),
-            ("p99 latency", spread(figures["p99_ms"], unit=" ms")),
-            ("max latency", spread(figures["max_ms"], unit=" ms")),
-            (
-                f"request/response rate ({args.latency_conns} conns)",
-                spread(figures["rr_rate"], unit="/s"),
-            ),
-            (
-                f"pipelined rate ({args.conns} conns x {args.window})",
-                spread(figures["pipelined_rate"], unit="/s"),
-            ),
-            ("errors", figures["errors"]),
-        ],
-    )
-    print_table(
-        "memory per server after warm-up (MB)",
-        ["server", "RSS", "USS", "PSS"],
-        [
-            (n, *(m[k] / 2**20 if m[k] else None for k in ("rss", "uss", "pss")))
-            for n, m in mem_warm.items()
-        ],
-    )
-    print_targets(goals)
-    if profile:
-        top = ", ".join(f"{fr} {p}%" for fr, p in profile["self"][:10])
-        console.print(f"profile {args.profile}: {top}")
-    finish(json_path, png_path)
-    return 0
-
-
-def _histogram(xs_ms: list[float]) -> dict[str, list[float]]:
-    """Log-spaced latency histogram (edges in ms, counts), for plots without the raw data."""
-    if not xs_ms:
-        return {"edges": [], "counts": []}
-    edges = [0.01 * 1.25**i for i in range(60)]
-    counts = [0] * (len(edges) - 1)
-    for x in xs_ms:
-        for i in range(len(edges) - 1):
-            if x < edges[i + 1]:
-                counts[i] += 1
-                break
-    return {"edges": edges, "counts": counts}
 
 
 def plot(runs: list[dict], mem: dict[str, Any], png: Path) -> None:
@@ -372,4 +302,4 @@ def plot(runs: list[dict], mem: dict[str, Any], png: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script.main("whatsat", __doc__, options, measure, quick=QUICK))

@@ -30,6 +30,7 @@ from zherd.harness import (
     PAPER_LINKS,
     Client,
     Herd,
+    held_at,
     records_received,
     topology_toml,
     wait_until,
@@ -69,25 +70,6 @@ def send_all(port: int, lines: Sequence[str], chunk: int = 200) -> list[str]:
     return replies
 
 
-def known(port: int, ids: Sequence[str], chunk: int = 200) -> dict[str, str | None]:
-    """WHATSAT every id (pipelined): its stored AT line, or None for `? ...`."""
-    out: dict[str, str | None] = {}
-    with Client(port, timeout=30) as c:
-        for start in range(0, len(ids), chunk):
-            part = ids[start : start + chunk]
-            c.send("".join(f"WHATSAT {cid} 10 1\n" for cid in part))
-            for cid in part:
-                first = c.line().rstrip("\n")
-                if first.startswith("AT "):
-                    c.read_until(b"\n\n")  # the places JSON
-                    assert first.split()[3] == cid, (cid, first)
-                    out[cid] = first
-                else:
-                    assert first == f"? WHATSAT {cid} 10 1", (cid, first)
-                    out[cid] = None
-    return out
-
-
 def newest(replies: Iterable[str]) -> dict[str, str]:
     """Client id -> the AT line of its newest fix (client time; ties by origin name)."""
     best: dict[str, tuple[tuple[int, str], str]] = {}
@@ -102,7 +84,7 @@ def newest(replies: Iterable[str]) -> dict[str, str]:
 
 def missing(port: int, expected: dict[str, str]) -> dict[str, tuple[str, str | None]]:
     """Clients whose stored AT line at `port` is not the expected one: id -> (want, got)."""
-    got = known(port, list(expected))
+    got = held_at(port, list(expected))
     return {cid: (want, got[cid]) for cid, want in expected.items() if got[cid] != want}
 
 
@@ -221,7 +203,7 @@ def test_sigkill_parker_under_load_loses_nothing(tmp_path: Path, storage: bool) 
             wait_until(lambda: len(feeder.replies) >= KILL_UPDATES // 3 or feeder.error, 60)
             # the stream reaches Hamilton through Parker: the kill cuts a live flow
             wait_until(
-                lambda: None not in known(herd.port("Hamilton"), ids[:100]).values(),
+                lambda: None not in held_at(herd.port("Hamilton"), ids[:100]).values(),
                 CATCH_UP,
                 interval=0.1,
                 what="Hamilton to hear the first clients",
@@ -329,7 +311,7 @@ def test_whole_herd_sigkill_keeps_committed_batches(tmp_path: Path) -> None:
         late_ids = [f"late-{i:03d}" for i in range(200)]
 
         def agreed() -> bool:
-            views = [known(herd.port(n), late_ids) for n in herd.ports]
+            views = list(herd.holdings(late_ids).values())
             return all(v == views[0] for v in views)
 
         wait_until(agreed, CATCH_UP, interval=0.25, what="the herd to agree on the late clients")
@@ -494,9 +476,9 @@ def test_cut_link_catch_up_costs_what_was_missed(tmp_path: Path) -> None:
             )
         )
         converge(herd, ["Parker"], moved, "the moves on Parker's side of the cut")
-        stale = known(herd.port("Hamilton"), list(moved))
+        stale = held_at(herd.port("Hamilton"), list(moved))
         assert stale == {c: before[c] for c in moved}, "the cut must really cut"
-        assert set(known(herd.port("Parker"), list(fresh)).values()) == {None}
+        assert set(held_at(herd.port("Parker"), list(fresh)).values()) == {None}
 
         to_hamilton.restore()
         to_parker.restore()
@@ -715,7 +697,7 @@ def test_hostile_frames_are_dropped_logged_and_never_applied(tmp_path: Path) -> 
             evil += ["evil-a", "evil-lat", "evil-lon", "evil-time", "evil-type", "evil-skew"]
             evil += ["evil-short", "evil-long", "evil-bytes", "evil-nan", "evil-map"]
             for name in ("Parker", "Alford"):
-                assert set(known(herd.port(name), evil).values()) == {None}, name
+                assert set(held_at(herd.port(name), evil).values()) == {None}, name
 
             # a real neighbor still gets through, both ways
             fine = newest(send_all(herd.port("Alford"), [iamat("after-attack", 1)]))

@@ -101,7 +101,7 @@ def load(path: str | Path) -> Topology:
 def parse(raw: Mapping[str, Any], path: Path) -> Topology:
     """Validate a decoded topology; relative directories are relative to `path`'s folder."""
     where = str(path)
-    base = path.resolve().parent
+    base = path.absolute().parent  # a symlinked topology: its own folder, not the target's
     _known(raw, {"servers", "links", "places", "logging", "storage", "limits"}, where)
     servers = _servers(raw.get("servers"), where)
     links = _links(raw.get("links", []), servers, where)

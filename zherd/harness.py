@@ -15,19 +15,15 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from zherd.launcher import await_ready, spawn, stop
+from zherd.paper import PAPER_LINKS, PAPER_SERVERS
 
-PAPER_LINKS = (
-    ("Alford", "Parker"),
-    ("Alford", "Powell"),
-    ("Bolden", "Parker"),
-    ("Bolden", "Powell"),
-    ("Hamilton", "Parker"),
-)
-PAPER_SERVERS = ("Alford", "Bolden", "Hamilton", "Parker", "Powell")
+# WHATSATs per write; the replies of two windows stay far below a server's max_pending_output.
+HOLDINGS_WINDOW = 256
 
 
 def free_ports(n: int) -> list[int]:
@@ -67,6 +63,15 @@ def _toml(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(value)
+
+
+def accepts(port: int, timeout: float = 0.5) -> bool:
+    """Whether a TCP connect to 127.0.0.1:`port` succeeds now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def wait_until(
@@ -145,6 +150,59 @@ class Client:
         self.close()
 
 
+def held_at(port: int, ids: Sequence[str], timeout: float = 30.0) -> dict[str, str | None]:
+    """What the server at `port` holds for each id: the AT line WHATSAT returns, or None.
+
+    One connection; WHATSATs pipelined a window ahead of the replies being read, so a
+    server answers thousands a second. Any reply but the two a WHATSAT may get raises.
+    """
+    out: dict[str, str | None] = {}
+    windows = [ids[i : i + HOLDINGS_WINDOW] for i in range(0, len(ids), HOLDINGS_WINDOW)]
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        replies = _Replies(sock)
+        for w in windows[:2]:
+            sock.sendall(_whatsats(w))
+        for i, window in enumerate(windows):
+            for cid in window:
+                out[cid] = replies.holding(cid)
+            if i + 2 < len(windows):
+                sock.sendall(_whatsats(windows[i + 2]))
+    return out
+
+
+def _whatsats(ids: Sequence[str]) -> bytes:
+    return "".join(f"WHATSAT {cid} 0.1 1\n" for cid in ids).encode()
+
+
+class _Replies:
+    """WHATSAT replies read from a socket in large pieces, parsed in place (no re-copying)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buf, self.pos = sock, b"", 0
+
+    def _find(self, marker: bytes, start: int) -> int:
+        while (at := self.buf.find(marker, start)) < 0:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("server closed while answering WHATSATs")
+            self.buf = self.buf[self.pos :] + chunk
+            start -= self.pos
+            self.pos = 0
+        return at
+
+    def holding(self, cid: str) -> str | None:
+        """The next reply, for `cid`: its AT line, or None for `? WHATSAT ...`."""
+        end = self._find(b"\n", self.pos)
+        first = self.buf[self.pos : end].decode()
+        if first.startswith("AT ") and first.split()[3:4] == [cid]:
+            self.pos = self._find(b"\n\n", end) + 2  # the places JSON ends at a blank line
+            return first
+        if first == f"? WHATSAT {cid} 0.1 1":
+            self.pos = end + 1
+            return None
+        raise ValueError(f"WHATSAT {cid}: unexpected reply {first[:200]!r}")
+
+
 class Herd:
     """Writes a topology under `root` and runs its servers as child processes."""
 
@@ -183,9 +241,31 @@ class Herd:
     def client(self, name: str) -> Client:
         return Client(self.port(name))
 
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def log_path(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
     def log(self, name: str) -> str:
-        path = self.root / "logs" / f"{name}.log"
+        path = self.log_path(name)
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def holdings(
+        self, ids: Iterable[str], servers: Iterable[str] | None = None, timeout: float = 30.0
+    ) -> dict[str, dict[str, str | None]]:
+        """Server -> id -> the AT line that server holds for the id (None: never heard of it).
+
+        Every server (default: all of the topology) is asked at once, over one connection
+        each, with pipelined `WHATSAT <id> 0.1 1` (see `held_at`): each known id costs a
+        places query (a paid request with a Google provider).
+        """
+        ids, names = list(ids), list(self.ports if servers is None else servers)
+        if len(names) == 1:
+            return {names[0]: held_at(self.port(names[0]), ids, timeout)}
+        with ThreadPoolExecutor(len(names) or 1) as pool:
+            views = pool.map(lambda name: held_at(self.port(name), ids, timeout), names)
+            return dict(zip(names, views, strict=True))
 
     def start(self, *names: str, storage: bool = True, timeout: float = 30.0) -> None:
         """Start servers (all if none named) and wait until each accepts clients."""

@@ -196,7 +196,7 @@ def _die_with_parent() -> None:
 
 def spawn(config: Path, name: str, *, storage: bool = True, **popen: Any) -> Popen[str]:
     """A `zherd serve NAME` child, which prints its ready line once it accepts clients."""
-    argv = [sys.executable, "-m", "zherd", "serve", name, "--config", str(Path(config).resolve())]
+    argv = [sys.executable, "-m", "zherd", "serve", name, "--config", str(Path(config).absolute())]
     argv += [] if storage else ["--no-storage"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, **popen)
 
