@@ -64,9 +64,11 @@ ORIGIN, DEST = "Powell", "Hamilton"
 TARGET_P99_MS = 5.0
 TARGET_RATE = 10_000
 
-_RECORD = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \| ")
-_ARROW = re.compile(r"^\s+(<-|->) (\S+?):")
-_AT = re.compile(r"\bAT " + ORIGIN + r" \S+ (\S+) \S+ (\S+)")
+# A bus line received from a neighbor: a message's head, or one of its records (an AT line).
+_LINE = re.compile(
+    r"(?P<time>\S+)Z \| \S+ \| \S+ *\| bus <- \S+:"
+    r"(?: (?P<head>updates)|   AT \S+ \S+ (?P<cid>\S+) )"
+)
 
 
 def options(p: argparse.ArgumentParser) -> None:
@@ -96,38 +98,30 @@ QUICK = {"rates": "100,1000", "probes": 40, "interval": 0.01, "repeats": 1}
 
 
 def known_times(log: Path, ids: set[str]) -> dict[str, tuple[float, int]]:
-    """Probe id -> (wall time of the first record showing it arrive at DEST, records in it)."""
+    """Probe id -> (wall time of the log line showing it arrive at DEST, records in that
+    message). Every log line carries its own time: `<time>Z | server | LEVEL | message`."""
     found: dict[str, tuple[float, int]] = {}
     if not log.exists():
         return found
-    stamp = 0.0
-    arrow = None
-    block: list[str] = []
+    message: list[tuple[float, str]] = []  # (time, client id) of the records of one message
 
-    def close_block() -> None:
-        for cid in block:
-            if cid not in found:
-                found[cid] = (stamp, n_records)
+    def close_message() -> None:
+        for stamp, cid in message:
+            if cid in ids and cid not in found:
+                found[cid] = (stamp, len(message))
+        message.clear()
 
-    n_records = 0
     with log.open(errors="replace") as f:
         for line in f:
-            m = _RECORD.match(line)
-            if m:
-                close_block()
-                block, n_records, arrow = [], 0, None
-                stamp = dt.datetime.strptime(m[1][:26], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            m = _LINE.match(line)
+            if m is None:
                 continue
-            a = _ARROW.match(line)
-            if a:
-                arrow = a[1]
-                continue
-            at = _AT.search(line)
-            if at:
-                n_records += 1
-                if at[1] in ids and arrow != "->":
-                    block.append(at[1])
-        close_block()
+            if m["head"]:
+                close_message()
+            elif m["cid"]:
+                when = dt.datetime.strptime(m["time"], "%Y-%m-%dT%H:%M:%S.%f")
+                message.append((when.replace(tzinfo=dt.UTC).timestamp(), m["cid"]))
+        close_message()
     return found
 
 

@@ -37,6 +37,7 @@ from zherd.launcher import (
     table,
     where,
 )
+from zherd.paper import DEFAULT_TOPOLOGY
 from zherd.places import api_key
 
 DEFAULT_CONFIG = "topology.toml"
@@ -56,8 +57,8 @@ class UsageError(Exception):
 
 
 def default_topology_text() -> str:
-    """The paper's herd, for `zherd init` (one line to point at the packaged copy)."""
-    return (Path(__file__).resolve().parent.parent / "topology.toml").read_text()
+    """The paper's herd, for `zherd init`: the packaged copy."""
+    return DEFAULT_TOPOLOGY.read_text()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

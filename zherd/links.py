@@ -133,15 +133,18 @@ def describe(prefix: str, message: wire.Message) -> list[str]:
         head = f"{prefix}: updates ({message.first}, {message.last}] epoch {message.epoch:x}"
         if message.bulk:
             return [f"{head}: catch-up, {len(message.records)} records"]
-        shown = logs.shown
-        return [head] + [
-            f"{prefix}:   {shown(r) if type(r) is bytes else logs.escape(repr(r)[:200])}"
-            for r in message.records
-        ]
+        return [head] + [f"{prefix}:   {_shown_record(r)}" for r in message.records]
     if isinstance(message, wire.Sync):
         known = f"{message.known_seq} of epoch {message.known_epoch:x}"
         return [f"{prefix}: sync from epoch {message.epoch:x}, holding {known}"]
     return [f"{prefix}: {message}"]
+
+
+def _shown_record(record: object) -> str:
+    """A record as the AT line it stands for (what an operator greps for)."""
+    if type(record) is bytes:
+        return "AT " + logs.shown(record)
+    return logs.escape(repr(record)[:200])
 
 
 def describe_event(event: Event) -> str:
