@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import secrets
@@ -29,7 +30,7 @@ from gateway.server import Gateway
 from zherd import logs, record
 from zherd.bus import Bus
 from zherd.config import Topology
-from zherd.counters import Counters
+from zherd.counters import Counters, GcPauses
 from zherd.disk import Disk, Loaded, Meta
 from zherd.journal import Journal
 from zherd.links import Links
@@ -84,6 +85,8 @@ class Node:
         self.loaded = False
         self.stopping = False
         self.restored = 0  # locations read from disk at start
+        self.restore_seconds = 0.0
+        self.gc_pauses = GcPauses()
         self._origin = name.encode()
         self._stopping = asyncio.Event()
 
@@ -152,6 +155,7 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        self.gc_pauses.install()
         if self.disk is not None:
             self.disk.open()  # a folder we cannot write stops us before "ready"
         bus = self.links.bus = Bus(  # bound now, so a port in use is an error before "ready"
@@ -222,6 +226,8 @@ class Node:
         assert self.disk is not None
         self.disk.add_meta(self._meta())
         self.disk.commit()
+        gc.freeze()  # what was loaded stays: no collection needs to look at it again
+        self.restore_seconds = time.monotonic() - began
         logger.info(
             f"storage {self.disk.folder}: {len(self.locations)} locations restored in "
             f"{time.monotonic() - began:.2f} s ({loaded.frames} frames read)"

@@ -63,6 +63,11 @@ def snapshot(node: Node) -> dict[str, Any]:
         "head": node.locations.head,
         "clients_known": len(node.locations),
         "restored": node.restored,
+        "restore_s": round(node.restore_seconds, 3),
+        "gc": {
+            "collections": node.gc_pauses.collections,
+            "longest_pause_ms": round(node.gc_pauses.longest * 1000, 3),
+        },
         "connections": len(node.gateway.connections),
         "counters": {k: v for k, v in counters.as_dict().items() if k != "links"},
         "neighbors": neighbors,
