@@ -275,6 +275,15 @@ class Herd:
         }
         self.procs.update(started)
         await_ready(started, timeout)
+        for name in started:  # and its status endpoint answers (it comes up just after)
+            wait_until(lambda n=name: self._answers(n), timeout, what=f"{name}'s /status")
+
+    def _answers(self, name: str) -> bool:
+        try:
+            self.status(name, timeout=1.0)
+        except OSError:
+            return False
+        return True
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
         """Signal one server we started and wait for it to exit; its exit status."""
