@@ -23,7 +23,7 @@ from loguru import logger
 
 from gateway.protocol import Location, at_text
 from gateway.server import Gateway
-from zherd import logs, wire
+from zherd import keys, logs, wire
 from zherd.bus import Bus
 from zherd.config import Topology
 from zherd.places import PlacesProvider, make_provider
@@ -108,12 +108,13 @@ class Node:
             loop.add_signal_handler(sig, self.stop)
         self.bus = Bus(  # bound now, so a port in use is an error before "ready"
             self.name,
-            f"tcp://{self.config.host}:{self.config.bus_port}",
+            self.config.bus_bind,
             {n: self.topology.servers[n].bus_endpoint for n in self.neighbors},
             self._delivered,
+            keys=keys.for_server(self.topology, self.name),
         )
         self.gateway.hold()  # clients connect at once and wait for the store
-        await self.gateway.start(self.config.host, self.config.port)
+        await self.gateway.start(self.config.bind, self.config.port)
         await self.places.start()
         ready()
         await self._restore()
