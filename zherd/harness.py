@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from zherd import keys
+from zherd.config import load
 from zherd.launcher import await_ready, spawn, stop
 
 PAPER_LINKS = (
@@ -46,16 +48,27 @@ def topology_toml(
     ports: Mapping[str, tuple[int, int]],
     links: Iterable[tuple[str, str]],
     sections: Mapping[str, Mapping[str, Any]] | None = None,
+    servers: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """A topology file: servers with (port, bus_port), links, and extra tables."""
+    """A topology file: servers with (port, bus_port) and any more keys of theirs in
+    `servers` (host, bind), links, and extra tables."""
     out = ["links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]", ""]
     for table, values in (sections or {}).items():
         out.append(f"[{table}]")
         out += [f"{key} = {_toml(value)}" for key, value in values.items()]
         out.append("")
     for name, (port, bus_port) in ports.items():
-        out += [f"[servers.{name}]", f"port = {port}", f"bus_port = {bus_port}", ""]
+        out += [f"[servers.{name}]", f"port = {port}", f"bus_port = {bus_port}"]
+        out += [f"{key} = {_toml(value)}" for key, value in (servers or {}).get(name, {}).items()]
+        out.append("")
     return "\n".join(out)
+
+
+def make_keys(config: Path) -> None:
+    """The CURVE key pair of every server of a topology that has none (as `zherd keys`)."""
+    topology = load(config)
+    if topology.security.curve:
+        keys.ensure(topology.security.keys_dir, topology.servers)
 
 
 def _toml(value: Any) -> str:
@@ -161,6 +174,7 @@ class Herd:
         sections = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}, **(sections or {})}
         self.config = self.root / "topology.toml"
         self.config.write_text(topology_toml(self.ports, self.links, sections))
+        make_keys(self.config)
         self.env = {**os.environ, **(env or {})}
         self.procs: dict[str, subprocess.Popen[str]] = {}
 
