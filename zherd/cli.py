@@ -77,7 +77,7 @@ def _here(topology: config.Topology) -> list[str]:
             f"{topology.path}: no server's host is this machine; name the servers to start"
         )
     if elsewhere:
-        print(f"zherd: not starting {', '.join(elsewhere)} (hosted elsewhere)", file=sys.stderr)
+        print(f"zherd: not starting {', '.join(elsewhere)} (hosted elsewhere)", flush=True)
     return here
 
 

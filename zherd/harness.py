@@ -30,13 +30,13 @@ PAPER_LINKS = (
 PAPER_SERVERS = ("Alford", "Bolden", "Hamilton", "Parker", "Powell")
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free right now on 127.0.0.1 (held open together, so no repeats)."""
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports free right now on `host` (held open together, so no repeats)."""
     socks = []
     try:
         for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            s.bind((host, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -111,8 +111,8 @@ def records_received(log: str, peer: str) -> int:
 class Client:
     """A plain blocking text client, as a phone or `nc` would be."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def send(self, data: bytes | str) -> None:
@@ -165,15 +165,22 @@ class Herd:
         links: Iterable[tuple[str, str]] = PAPER_LINKS,
         sections: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        extra: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
+        """Every server on `host` (an IPv6 address works too); `extra` adds keys to
+        servers' tables (`bind`, say)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(2 * len(servers))
+        self.host = host
+        ports = free_ports(2 * len(servers), host)
         self.ports = {n: (ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(servers)}
         self.links = tuple(links)
         sections = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}, **(sections or {})}
+        per_server = {n: {"host": host, **(extra or {}).get(n, {})} for n in servers}
         self.config = self.root / "topology.toml"
-        self.config.write_text(topology_toml(self.ports, self.links, sections))
+        self.config.write_text(topology_toml(self.ports, self.links, sections, per_server))
         make_keys(self.config)
         self.env = {**os.environ, **(env or {})}
         self.procs: dict[str, subprocess.Popen[str]] = {}
@@ -182,7 +189,7 @@ class Herd:
         return self.ports[name][0]
 
     def client(self, name: str) -> Client:
-        return Client(self.port(name))
+        return Client(self.port(name), host=self.host)
 
     def log(self, name: str) -> str:
         path = self.root / "logs" / f"{name}.log"
