@@ -32,6 +32,7 @@ import zmq.auth
 from conftest import MakeHerd
 
 from zherd import keys
+from zherd.config import ConfigError, parse
 from zherd.harness import Herd, free_ports, topology_toml, wait_until
 from zherd.zap import DOMAIN, Rejections, Verdict, decide
 
@@ -513,13 +514,18 @@ def run_zherd(*args: str, cwd: Path, timeout: float = 60) -> subprocess.Complete
     )
 
 
-def write_config(folder: Path, sections: dict | None = None, **servers: dict) -> Path:
+ELSEWHERE = "198.51.100.7"  # TEST-NET-2: not this machine; never connected to by a test
+
+
+def write_config(
+    folder: Path, links: tuple[tuple[str, str], ...] = CHAIN_LINKS, **servers: dict
+) -> Path:
     names = ("A", "B", "C")
     ports = free_ports(6)
     layout = {n: (ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(names)}
-    base = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}, **(sections or {})}
+    base = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}}
     path = folder / "topology.toml"
-    path.write_text(topology_toml(layout, CHAIN_LINKS, base, servers))
+    path.write_text(topology_toml(layout, links, base, servers))
     return path
 
 
@@ -598,8 +604,9 @@ def copy_public_key(tmp_path: Path, name: str) -> None:
 def test_keys_that_cannot_be_read_stop_the_start_naming_the_file(
     tmp_path: Path, damage: str, how: list[str]
 ) -> None:
-    """C runs on another host; B, its neighbor, runs here and needs C's public key."""
-    config = write_config(tmp_path, C={"host": "192.0.2.1"})
+    """C runs on another host; B, its neighbor, runs here and needs C's public key (the
+    start stops before any server runs, so nothing ever tries to reach C)."""
+    config = write_config(tmp_path, C={"host": ELSEWHERE})
     folder = tmp_path / "keys"
     victim = keys.public_path(folder, "C")
     if damage != "missing":
@@ -620,10 +627,10 @@ def test_keys_that_cannot_be_read_stop_the_start_naming_the_file(
 
 
 def test_start_all_starts_only_the_servers_hosted_here(tmp_path: Path) -> None:
-    """C lives on another host (192.0.2.1, TEST-NET): `--all` here starts A and B, which
-    need C's public key only (copied, as an operator would)."""
-    config = write_config(tmp_path, C={"host": "192.0.2.1"})
-    copy_public_key(tmp_path, "C")
+    """C lives on another host: `--all` here starts A and B and makes only their keys.
+    (C is no neighbor of theirs, so no test traffic leaves loopback; tests/multihost runs
+    servers that reach each other across hosts.)"""
+    config = write_config(tmp_path, links=(("A", "B"),), C={"host": ELSEWHERE})
     proc = subprocess.Popen(
         [sys.executable, "-m", "zherd", "start", "--all", "--config", str(config)],
         cwd=tmp_path,
@@ -647,3 +654,46 @@ def test_start_all_starts_only_the_servers_hosted_here(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+
+
+# --- the topology's [security] table, host and bind ---------------------------------------------
+
+
+def test_security_host_and_bind_in_the_topology(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    raw = {
+        "links": [["A", "B"]],
+        "security": {"keys_dir": "secrets"},
+        "servers": {
+            "A": {"port": 1, "bus_port": 2},
+            "B": {"host": "[fd00::2]", "bind": "::", "port": 3, "bus_port": 4, "status_port": 5},
+        },
+    }
+    topo = parse(raw, path)
+    assert topo.security.curve and topo.security.keys_dir == tmp_path / "secrets"
+    a, b = topo.servers["A"], topo.servers["B"]
+    assert (a.host, a.bind, a.bus_endpoint, a.status_port) == ("127.0.0.1",) * 2 + (
+        "tcp://127.0.0.1:2",
+        None,
+    )
+    assert (b.host, b.bind, b.status_port) == ("fd00::2", "::", 5)
+    assert (b.bus_endpoint, b.bus_bind) == ("tcp://[fd00::2]:4", "tcp://[::]:4")
+    assert parse({**raw, "security": {"curve": False}}, path).security.curve is False
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"security": {"curve": "yes"}}, "[security]: curve must be a bool"),
+        ({"security": {"keys": "k"}}, "[security]: unknown key 'keys'"),
+        ({"security": {"keys_dir": ""}}, "keys_dir must be a non-empty path"),
+        ({"servers": {"A": {"port": 1, "bus_port": 2, "bind": 7}}}, "bind must be a non-empty"),
+        ({"servers": {"A": {"port": 1, "bus_port": 2, "host": "a:b"}}}, "neither a host name"),
+        ({"servers": {"A": {"port": 1, "bus_port": 2, "status_port": 2}}}, "status_port 2 is"),
+    ],
+)
+def test_bad_security_host_or_bind_is_a_clear_error(change: dict, message: str) -> None:
+    raw = {"links": [], "servers": {"A": {"port": 1, "bus_port": 2}}, **change}
+    with pytest.raises(ConfigError) as info:
+        parse(raw, Path("/etc/herd/t.toml"))
+    assert str(info.value).startswith("/etc/herd/t.toml") and message in str(info.value)
