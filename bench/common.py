@@ -364,9 +364,13 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def log_sections(args: Any) -> dict[str, Any] | None:
-    """Topology tables for a --log-level given on the command line (None: the product's)."""
+    """Topology tables for a --log-level or --no-curve given on the command line (None: the
+    product's)."""
     level = getattr(args, "log_level", None)
-    return {"logging": {"dir": "logs", "level": level.upper()}} if level else None
+    sections: dict[str, Any] = {"logging": {"dir": "logs", "level": level.upper()}} if level else {}
+    if getattr(args, "no_curve", False):
+        sections["security"] = {"curve": False}
+    return sections or None
 
 
 class HerdRun:

@@ -101,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=10.0, help="seconds to re-check misses")
     p.add_argument("--max-lines", type=int, default=5_000_000, help="per client process")
     p.add_argument("--no-storage", action="store_true")
+    p.add_argument("--no-curve", action="store_true", help="[security] curve = false (its cost)")
     p.add_argument(
         "--log-level",
         default=None,

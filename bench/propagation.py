@@ -102,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conns-per-proc", type=int, default=5)
     p.add_argument("--clients", type=int, default=5000, help="background client ids")
     p.add_argument("--no-storage", action="store_true")
+    p.add_argument("--no-curve", action="store_true", help="[security] curve = false (its cost)")
     p.add_argument(
         "--log-level",
         default=None,
