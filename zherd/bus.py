@@ -113,7 +113,15 @@ class Bus:
             self.router.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
         _ipv6(self.router, bind)
         self.monitor = self.router.get_monitor_socket(_MONITORED)
-        self.router.bind(bind)
+        try:
+            self.router.bind(bind)
+        except zmq.ZMQError:  # a port in use: leave nothing open behind us
+            self.monitor.close(linger=0)
+            self.router.close(linger=0)
+            self.gatekeeper.close()
+            if self._own_context:
+                self.ctx.term()
+            raise
         self.dealers: dict[str, zmq.Socket] = {}
         for peer, endpoint in neighbors.items():
             dealer = self.ctx.socket(zmq.DEALER)
