@@ -103,14 +103,7 @@ class Bus:
         self.router.setsockopt(zmq.RCVHWM, 1000)
         self.router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL)
         _heartbeats(self.router)
-        self.router.setsockopt(zmq.ZAP_DOMAIN, DOMAIN)
-        self.router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler: nobody gets in
-        if keys is None:
-            self.router.setsockopt(zmq.PLAIN_SERVER, 1)
-        else:
-            self.router.setsockopt(zmq.CURVE_SERVER, 1)
-            self.router.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
-            self.router.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        _as_server(self.router, keys)
         _ipv6(self.router, bind)
         self.monitor = self.router.get_monitor_socket(_MONITORED)
         try:
@@ -133,13 +126,7 @@ class Bus:
             dealer.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT)
             dealer.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL)
             _heartbeats(dealer)
-            if keys is None:
-                dealer.setsockopt(zmq.PLAIN_USERNAME, name.encode())
-                dealer.setsockopt(zmq.PLAIN_PASSWORD, PLAIN_PASSWORD)
-            else:
-                dealer.setsockopt(zmq.CURVE_SERVERKEY, keys.neighbors[peer])
-                dealer.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
-                dealer.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+            _as_client(dealer, name, peer, keys)
             _ipv6(dealer, endpoint)
             dealer.connect(endpoint)
             self.dealers[peer] = dealer
@@ -280,6 +267,29 @@ def _user(frame: zmq.Frame) -> str:
         return frame.get("User-Id")
     except zmq.ZMQError:
         return ""
+
+
+def _as_server(sock: zmq.Socket, keys: BusKeys | None) -> None:
+    """A CURVE server (PLAIN without keys) whose every peer the ZAP handler must admit."""
+    sock.setsockopt(zmq.ZAP_DOMAIN, DOMAIN)
+    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler: nobody gets in
+    if keys is None:
+        sock.setsockopt(zmq.PLAIN_SERVER, 1)
+    else:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+
+
+def _as_client(sock: zmq.Socket, name: str, peer: str, keys: BusKeys | None) -> None:
+    """A CURVE client with our pair and `peer`'s public key (PLAIN, our name, without)."""
+    if keys is None:
+        sock.setsockopt(zmq.PLAIN_USERNAME, name.encode())
+        sock.setsockopt(zmq.PLAIN_PASSWORD, PLAIN_PASSWORD)
+    else:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, keys.neighbors[peer])
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
 
 
 def _heartbeats(sock: zmq.Socket) -> None:
