@@ -219,7 +219,9 @@ def measure(run: Run) -> Result:
         f"{args.procs} client processes x {args.conns_per_proc} connections"
     ]
     with (
-        scratch_herd(storage=not args.no_storage, sections=log_sections(args.log_level)) as herd,
+        scratch_herd(
+            storage=not args.no_storage, sections=log_sections(args.log_level, not args.no_curve)
+        ) as herd,
         ClientPool(args.procs) as pool,
     ):
         if args.profile and args.profile not in herd.ports:

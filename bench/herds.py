@@ -43,8 +43,9 @@ def scratch_herd(
 
 
 def herd_options(p: argparse.ArgumentParser) -> None:
-    """--no-storage and --log-level, for a script that measures a whole herd."""
+    """--no-storage, --no-curve and --log-level, for a script that measures a whole herd."""
     p.add_argument("--no-storage", action="store_true")
+    p.add_argument("--no-curve", action="store_true", help="[security] curve = false (its cost)")
     p.add_argument(
         "--log-level",
         default=None,
@@ -52,9 +53,13 @@ def herd_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def log_sections(level: str | None) -> dict[str, Any] | None:
-    """Topology tables for a --log-level given on the command line (None: the product's)."""
-    return {"logging": {"dir": "logs", "level": level.upper()}} if level else None
+def log_sections(level: str | None, curve: bool = True) -> dict[str, Any] | None:
+    """Topology tables for --log-level and --no-curve given on the command line (None: the
+    product's)."""
+    sections: dict[str, Any] = {"logging": {"dir": "logs", "level": level.upper()}} if level else {}
+    if not curve:
+        sections["security"] = {"curve": False}
+    return sections or None
 
 
 def misses(

@@ -127,7 +127,7 @@ def known_times(log: Path, ids: set[str]) -> dict[str, tuple[float, int]]:
 
 def run_once(run: Run, pool: ClientPool, rate: int, run_id: int) -> dict[str, Any]:
     args = run.args
-    sections = log_sections(args.log_level)
+    sections = log_sections(args.log_level, not args.no_curve)
     with scratch_herd(storage=not args.no_storage, sections=sections, keep=True) as herd:
         names = list(herd.ports)
         ports = [herd.port(n) for n in names]

@@ -26,6 +26,7 @@ import msgpack
 import pytest
 import zmq
 
+from zherd import keys
 from zherd.harness import (
     PAPER_LINKS,
     Client,
@@ -596,24 +597,32 @@ def _updates(records: tuple[object, ...], first: int = 0, last: int = 1) -> byte
 
 
 def test_hostile_frames_are_dropped_logged_and_never_applied(tmp_path: Path) -> None:
-    """Raw DEALERs on Parker's bus port: non-neighbors, and a forged neighbor (Hamilton,
-    which is not running, so ROUTER_HANDOVER cannot race a real one) sending malformed
-    msgpack, wrong types, wrong fields and invalid records. Parker stays up, applies
-    nothing, logs every drop, and a real neighbor's updates still flow afterwards."""
+    """Raw CURVE DEALERs on Parker's bus port: non-neighbors' keys, and a forged neighbor
+    (Hamilton's key; Hamilton is not running) sending malformed msgpack, wrong types,
+    wrong fields and invalid records. Parker stays up, applies nothing, logs every drop,
+    and a real neighbor's updates still flow afterwards (tests/test_curve.py: the rest)."""
     with Herd(tmp_path, links=PAPER_LINKS) as herd:
         herd.start("Parker", "Alford")
         bus = f"tcp://127.0.0.1:{herd.ports['Parker'][1]}"
+        keys_dir = herd.root / "keys"
         ctx = zmq.Context()
         sockets: dict[bytes, zmq.Socket] = {}
 
-        def dealer(routing_id: bytes) -> zmq.Socket:
-            if routing_id not in sockets:
+        def dealer(holder: bytes) -> zmq.Socket:
+            """A DEALER holding the key pair of server `holder` (any other: a new pair)."""
+            if holder not in sockets:
                 s = ctx.socket(zmq.DEALER)
-                s.setsockopt(zmq.ROUTING_ID, routing_id)
                 s.setsockopt(zmq.LINGER, 0)
+                name = holder.decode(errors="replace")
+                try:
+                    public, secret = keys.load_secret(keys_dir, name)
+                except keys.KeyFileError:
+                    public, secret = zmq.curve_keypair()
+                s.curve_publickey, s.curve_secretkey = public, secret
+                s.curve_serverkey = keys.load_public(keys_dir, "Parker")
                 s.connect(bus)
-                sockets[routing_id] = s
-            return sockets[routing_id]
+                sockets[holder] = s
+            return sockets[holder]
 
         def expect_logged(pattern: str, send: object) -> None:
             before = log_count(herd, "Parker", pattern)
@@ -624,14 +633,19 @@ def test_hostile_frames_are_dropped_logged_and_never_applied(tmp_path: Path) -> 
 
         good = ("evil-a", "+34.000000-118.000000", f"{BASE_TIME}.5", "Powell", "+0.000000000")
         try:
-            # not a neighbor: a valid Updates with a valid record, from Powell, a random id,
-            # and Parker's own name
-            for rid in (b"Powell", b"\xffintruder", b"Parker"):
+            # not a neighbor: a valid Updates with a valid record, with Powell's key, a
+            # key of no server, and Parker's own
+            for rid, why in (
+                (b"Powell", "the key of Powell, not a neighbor"),
+                (b"\xffintruder", "not the key of any neighbor"),
+                (b"Parker", "the key of Parker, not a neighbor"),
+            ):
                 rec = (f"evil-{rid.hex()}", *good[1:])
                 expect_logged(
-                    re.escape(f"!! frame from non-neighbor {rid!r} dropped"),
+                    rf"bus: refused 127\.0\.0\.1 \S{{40}}: {re.escape(why)}",
                     lambda rid=rid, rec=rec: dealer(rid).send(_updates((rec,))),
                 )
+                sockets.pop(rid).close(linger=0)  # its retries would use up the log's quota
             # the forged neighbor: frames that are not messages
             forged = dealer(b"Hamilton")
             not_messages = [

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
+import ipaddress
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +18,8 @@ from typing import Any
 
 import zmq
 
-from zherd import config, logview
+from zherd import config, keys, logview
+from zherd.bus import INSECURE
 from zherd.client import (
     Connection,
     Target,
@@ -138,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("--grep", metavar="TEXT", help="only lines containing TEXT")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
 
+    make_keys = command(
+        "keys", _keys, help="make each server's CURVE key pair if it has none (never overwrites)"
+    )
+    make_keys.add_argument("names", nargs="*", metavar="NAME", help="only these servers")
+    make_keys.add_argument("--show", action="store_true", help="print each server's public key")
+
     # `zherd status` (the herd's /status endpoints) will be added here.
 
     # What `start` runs in each child. Hidden: a subcommand is listed only if it has a help
@@ -221,12 +231,11 @@ def _init(args: argparse.Namespace) -> int:
 def _start(args: argparse.Namespace) -> int:
     topology = load_topology(args.config)
     api_key(topology.places)  # a missing key stops us before any server starts
-    names = list(topology.servers) if args.all else args.names
-    if not names or (args.all and args.names):
+    if args.all == bool(args.names):
         raise UsageError("name the servers to start, or use --all (not both)")
-    unknown = [n for n in names if n not in topology.servers]
-    if unknown:
-        raise config.ConfigError(f"{args.config}: no server named {', '.join(unknown)}")
+    names = _here(topology) if args.all else args.names
+    _known(topology, names)
+    _secure(topology, names)
     storage = not args.no_storage
     check_ports([topology.servers[n] for n in names])
     print(where(topology, storage), flush=True)
@@ -324,4 +333,99 @@ def _logs(args: argparse.Namespace) -> int:
     finally:
         for tail in tails.values():
             tail.close()
+    return 0
+
+
+# -- where servers run, and their keys ------------------------------------------------------
+
+
+def _known(topology: config.Topology, names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in topology.servers]
+    if unknown:
+        raise config.ConfigError(f"{topology.path}: no server named {', '.join(unknown)}")
+
+
+def _here(topology: config.Topology) -> list[str]:
+    """`--all`: the servers whose host (or specific bind address) is this machine."""
+    here = [s.name for s in topology.servers.values() if _local(s)]
+    elsewhere = [n for n in topology.servers if n not in here]
+    if not here:
+        raise config.ConfigError(
+            f"{topology.path}: no server's host is this machine; name the servers to start"
+        )
+    if elsewhere:
+        print(f"zherd: not starting {', '.join(elsewhere)} (hosted elsewhere)", flush=True)
+    return here
+
+
+def _local(server: config.ServerConfig) -> bool:
+    """Whether this machine holds the server's address: binding to it works."""
+    candidates = [server.host]
+    if server.bind != server.host and not _wildcard(server.bind):
+        candidates.append(server.bind)
+    for host in candidates:
+        try:
+            infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        for family, kind, proto, _, address in infos:
+            with contextlib.suppress(OSError), socket.socket(family, kind, proto) as s:
+                s.bind(address)
+                return True
+    return False
+
+
+def _wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _secure(topology: config.Topology, names: Sequence[str]) -> None:
+    """Make the missing keys of the servers to start (and of their neighbors that also
+    run on this machine), then check every key they need can be read."""
+    if not topology.security.curve:
+        print(f"zherd: warning: {INSECURE}", file=sys.stderr)
+        return
+    folder = topology.security.keys_dir
+    wanted = list(names)
+    for name in names:
+        wanted += [
+            n for n in topology.neighbors(name) if n not in wanted and _local(topology.servers[n])
+        ]
+    created = keys.ensure(folder, wanted)
+    if created:
+        print(
+            f"zherd: made CURVE keys for {', '.join(created)} in {folder} "
+            f"(public: NAME{keys.PUBLIC_SUFFIX}, copy them to neighbors' hosts; "
+            f"secret: NAME{keys.SECRET_SUFFIX}, never)",
+            flush=True,
+        )
+    for name in names:
+        keys.for_server(topology, name)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    topology = load_topology(args.config)
+    names, show = args.names, args.show
+    _known(topology, names)
+    folder = topology.security.keys_dir
+    names = list(names) or list(topology.servers)
+    if show:
+        width = max(len(n) for n in names)
+        for name in names:
+            try:
+                key = keys.load_public(folder, name).decode()
+            except keys.KeyFileError:
+                key = f"(none: {keys.public_path(folder, name)})"
+            print(f"{name.ljust(width)}  {key}")
+        return 0
+    created = keys.ensure(folder, names)
+    for name in names:
+        public, secret = keys.public_path(folder, name), keys.secret_path(folder, name)
+        if name in created:
+            print(f"{name}: made {public} and {secret} (mode 0600)")
+        else:
+            print(f"{name}: has its keys already ({public}); never overwritten")
     return 0

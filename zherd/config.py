@@ -6,6 +6,7 @@ names the file and the offending key, so `zherd start` can print it and exit.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,14 +29,37 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ServerConfig:
     name: str
-    host: str
+    host: str  # where neighbors and clients reach it
     port: int
     bus_port: int
-    status_port: int | None = None  # HTTP /healthz, /status (on host); None: no endpoint
+    bind: str = ""  # where it listens (0.0.0.0 behind NAT); empty: host
+    status_port: int | None = None  # HTTP /status and /metrics, if served
+
+    def __post_init__(self) -> None:
+        if not self.bind:
+            object.__setattr__(self, "bind", self.host)
 
     @property
     def bus_endpoint(self) -> str:
-        return f"tcp://{self.host}:{self.bus_port}"
+        """Where neighbors connect."""
+        return endpoint(self.host, self.bus_port)
+
+    @property
+    def bus_bind(self) -> str:
+        """Where the bus listens."""
+        return endpoint(self.bind, self.bus_port)
+
+
+def endpoint(host: str, port: int) -> str:
+    """A ZeroMQ TCP endpoint; an IPv6 literal goes in brackets."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,12 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    curve: bool = True  # false: neighbors are recognised by the name they claim, in clear text
+    keys_dir: Path = Path("keys")  # one CURVE key pair per server (`zherd keys`)
+
+
+@dataclass(frozen=True)
 class Topology:
     path: Path
     servers: Mapping[str, ServerConfig]
@@ -80,6 +110,7 @@ class Topology:
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(Path("logs")))
     storage: StorageConfig = field(default_factory=lambda: StorageConfig(None))
     limits: Limits = field(default_factory=Limits)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def neighbors(self, name: str) -> tuple[str, ...]:
         """Permitted neighbors of a server, sorted for a stable wiring order."""
@@ -102,7 +133,7 @@ def parse(raw: Mapping[str, Any], path: Path) -> Topology:
     """Validate a decoded topology; relative directories are relative to `path`'s folder."""
     where = str(path)
     base = path.absolute().parent  # a symlinked topology: its own folder, not the target's
-    _known(raw, {"servers", "links", "places", "logging", "storage", "limits"}, where)
+    _known(raw, {"servers", "links", "places", "logging", "storage", "limits", "security"}, where)
     servers = _servers(raw.get("servers"), where)
     links = _links(raw.get("links", []), servers, where)
     return Topology(
@@ -113,6 +144,7 @@ def parse(raw: Mapping[str, Any], path: Path) -> Topology:
         logging=_logging(_table(raw, "logging", where), base, where),
         storage=_storage(_table(raw, "storage", where), base, where),
         limits=_limits(_table(raw, "limits", where), where),
+        security=_security(_table(raw, "security", where), base, where),
     )
 
 
@@ -127,19 +159,19 @@ def _servers(raw: Any, where: str) -> dict[str, ServerConfig]:
             raise ConfigError(f"{at}: a server name must be non-empty with no whitespace")
         if not isinstance(spec, dict):
             raise ConfigError(f"{at}: must be a table")
-        _known(spec, {"host", "port", "bus_port", "status_port"}, at)
-        host = spec.get("host", "127.0.0.1")
-        if not isinstance(host, str) or not host:
-            raise ConfigError(f"{at}: host must be a non-empty string")
+        _known(spec, {"host", "bind", "port", "bus_port", "status_port"}, at)
+        host = _address(spec, "host", "127.0.0.1", at)
         status = _port(spec, "status_port", at) if "status_port" in spec else None
         server = ServerConfig(
-            name, host, _port(spec, "port", at), _port(spec, "bus_port", at), status
+            name,
+            host,
+            _port(spec, "port", at),
+            _port(spec, "bus_port", at),
+            bind=_address(spec, "bind", host, at),
+            status_port=status,
         )
-        for key, port in (
-            ("port", server.port),
-            ("bus_port", server.bus_port),
-            ("status_port", status),
-        ):
+        used = (("port", server.port), ("bus_port", server.bus_port), ("status_port", status))
+        for key, port in used:
             if port is None:
                 continue
             if (host, port) in ports:
@@ -147,6 +179,18 @@ def _servers(raw: Any, where: str) -> dict[str, ServerConfig]:
             ports[host, port] = f"{name}.{key}"
         servers[name] = server
     return servers
+
+
+def _address(spec: Mapping[str, Any], key: str, default: str, at: str) -> str:
+    """A host name or an IP address (an IPv6 one with or without brackets)."""
+    value = spec.get(key, default)
+    if not isinstance(value, str) or not value.strip("[]") or any(c.isspace() for c in value):
+        raise ConfigError(f"{at}: {key} must be a non-empty string")
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    if ":" in value and not is_ipv6(value):
+        raise ConfigError(f"{at}: {key} {value!r} is neither a host name nor an IP address")
+    return value
 
 
 def _port(spec: Mapping[str, Any], key: str, at: str) -> int:
@@ -233,6 +277,15 @@ def _limits(raw: Mapping[str, Any], where: str) -> Limits:
         max_inflight=int(_positive(raw, "max_inflight", d.max_inflight, at, integer=True)),
         max_future=_positive(raw, "max_future", d.max_future, at),
         max_id=int(_positive(raw, "max_id", d.max_id, at, integer=True)),
+    )
+
+
+def _security(raw: Mapping[str, Any], base: Path, where: str) -> SecurityConfig:
+    at = f"{where}: [security]"
+    _known(raw, {"curve", "keys_dir"}, at)
+    return SecurityConfig(
+        curve=_typed(raw, "curve", bool, True, at),
+        keys_dir=_dir(raw.get("keys_dir", "keys"), base, f"{at} keys_dir"),
     )
 
 

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from zherd import keys
+from zherd.config import load
 from zherd.launcher import await_ready, spawn, stop
 from zherd.paper import PAPER_LINKS, PAPER_SERVERS
 
@@ -26,13 +28,13 @@ from zherd.paper import PAPER_LINKS, PAPER_SERVERS
 HOLDINGS_WINDOW = 256
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free right now on 127.0.0.1 (held open together, so no repeats)."""
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports free right now on `host` (held open together, so no repeats)."""
     socks = []
     try:
         for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            s.bind((host, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -44,8 +46,10 @@ def topology_toml(
     ports: Mapping[str, tuple[int, ...]],
     links: Iterable[tuple[str, str]],
     sections: Mapping[str, Mapping[str, Any]] | None = None,
+    servers: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """A topology file: servers with (port, bus_port), links, and extra tables."""
+    """A topology file: servers with (port, bus_port) and any more keys of theirs in
+    `servers` (host, bind), links, and extra tables."""
     out = ["links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]", ""]
     for table, values in (sections or {}).items():
         out.append(f"[{table}]")
@@ -53,8 +57,17 @@ def topology_toml(
         out.append("")
     for name, (port, bus_port, *status) in ports.items():
         out += [f"[servers.{name}]", f"port = {port}", f"bus_port = {bus_port}"]
-        out += [f"status_port = {status[0]}", ""] if status else [""]
+        out += [f"status_port = {status[0]}"] if status else []
+        out += [f"{key} = {_toml(value)}" for key, value in (servers or {}).get(name, {}).items()]
+        out.append("")
     return "\n".join(out)
+
+
+def make_keys(config: Path) -> None:
+    """The CURVE key pair of every server of a topology that has none (as `zherd keys`)."""
+    topology = load(config)
+    if topology.security.curve:
+        keys.ensure(topology.security.keys_dir, topology.servers)
 
 
 def _toml(value: Any) -> str:
@@ -106,8 +119,8 @@ def records_received(log: str, peer: str) -> int:
 class Client:
     """A plain blocking text client, as a phone or `nc` would be."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def send(self, data: bytes | str) -> None:
@@ -213,15 +226,23 @@ class Herd:
         links: Iterable[tuple[str, str]] = PAPER_LINKS,
         sections: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        extra: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
+        """Every server on `host` (an IPv6 address works too); `extra` adds keys to
+        servers' tables (`bind`, say)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(3 * len(servers))
+        self.host = host
+        ports = free_ports(3 * len(servers), host)
         self.ports = {n: tuple(ports[3 * i : 3 * i + 3]) for i, n in enumerate(servers)}
         self.links = tuple(links)
         sections = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}, **(sections or {})}
+        per_server = {n: {"host": host, **(extra or {}).get(n, {})} for n in servers}
         self.config = self.root / "topology.toml"
-        self.config.write_text(topology_toml(self.ports, self.links, sections))
+        self.config.write_text(topology_toml(self.ports, self.links, sections, per_server))
+        make_keys(self.config)
         self.env = {**os.environ, **(env or {})}
         self.procs: dict[str, subprocess.Popen[str]] = {}
 
@@ -230,7 +251,8 @@ class Herd:
 
     def status(self, name: str, timeout: float = 5.0) -> dict[str, Any]:
         """The server's `/status` document (what it holds, its links, its counters)."""
-        url = f"http://127.0.0.1:{self.ports[name][2]}/status"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"http://{host}:{self.ports[name][2]}/status"
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             return json.load(reply)
 
@@ -239,7 +261,7 @@ class Herd:
         return self.status(name)["neighbors"][peer]
 
     def client(self, name: str) -> Client:
-        return Client(self.port(name))
+        return Client(self.port(name), host=self.host)
 
     def pid(self, name: str) -> int:
         return self.procs[name].pid

@@ -29,7 +29,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from zherd.config import PlacesConfig, ServerConfig, Topology
+from zherd.config import PlacesConfig, ServerConfig, Topology, is_ipv6
 
 READY = "zherd-ready"
 START_TIMEOUT = 30.0  # seconds for every child to listen
@@ -98,14 +98,15 @@ def port_problems(servers: Sequence[ServerConfig]) -> list[str]:
     """Ports that are already taken, checked before anything is spawned."""
     problems = []
     for server in servers:
+        family = socket.AF_INET6 if is_ipv6(server.bind) else socket.AF_INET
         for key, port in (("port", server.port), ("bus_port", server.bus_port)):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
-                    s.bind((server.host, port))
+                    s.bind((server.bind, port))
                 except OSError as e:
                     why = "in use" if e.errno == errno.EADDRINUSE else e.strerror
-                    problems.append(f"{server.name}: {key} {server.host}:{port} is {why}")
+                    problems.append(f"{server.name}: {key} {server.bind}:{port} is {why}")
     return problems
 
 

@@ -29,7 +29,7 @@ from loguru import logger
 from gateway.backend import Fix
 from gateway.protocol import IAmAt
 from gateway.server import Gateway
-from zherd import logs, record
+from zherd import keys, logs, record
 from zherd.bus import Bus
 from zherd.config import Topology
 from zherd.counters import Counters, GcPauses
@@ -165,12 +165,13 @@ class Node:
             self.disk.open()  # a folder we cannot write stops us before "ready"
         bus = self.links.bus = Bus(  # bound now, so a port in use is an error before "ready"
             self.name,
-            f"tcp://{self.config.host}:{self.config.bus_port}",
+            self.config.bus_bind,
             {n: self.topology.servers[n].bus_endpoint for n in self.neighbors},
             self.links.delivered,
+            keys=keys.for_server(self.topology, self.name),
         )
         self.gateway.hold()  # clients connect at once and wait for the store
-        await self.gateway.start(self.config.host, self.config.port)
+        await self.gateway.start(self.config.bind, self.config.port)
         ready()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.places.start())
@@ -202,7 +203,7 @@ class Node:
         if self.config.status_port is None:
             return None
         endpoint = await asyncio.to_thread(importlib.import_module, "zherd.status")
-        return await endpoint.start(self, self.config.host, self.config.status_port)
+        return await endpoint.start(self, self.config.bind, self.config.status_port)
 
     def stop(self) -> None:
         self.stopping = True

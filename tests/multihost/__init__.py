@@ -1,0 +1,1 @@
+"""A herd across hosts: five Linux network namespaces, one veth pair per link (root only)."""
