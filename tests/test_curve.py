@@ -246,7 +246,7 @@ def test_traffic_flows_catch_up_and_a_restarted_server_is_admitted(herd: MakeHer
     for cid, line in missed.items():
         wait_until(lambda c=cid, ln=line: at_line(h, "Hamilton", c) == ln, SETTLE, what=cid)
     for peer in ("Alford", "Bolden", "Hamilton"):  # each admitted Parker, and Parker them
-        wait_logged(h, "Parker", rf"neighbor {peer} connected", mark)
+        wait_logged(h, "Parker", rf"neighbor {peer} up", mark)
     flows(h, "Hamilton", "Alford")
     for name in h.procs:
         assert "bus: refused" not in h.log(name), name

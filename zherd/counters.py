@@ -26,8 +26,9 @@ class LinkCounters:
     malformed: int = 0  # frames that were not messages
     syncs_sent: int = 0
     syncs_served: int = 0  # catch-ups we started for it
-    full_resends: int = 0  # of those, the ones from the start of our stream
-    syncs_deferred: int = 0  # full resends asked for too soon after the last one
+    full_resends: int = 0  # of those, the expensive ones (over CHEAP_REWIND records)
+    syncs_deferred: int = 0  # expensive rewinds asked for too soon after the last one
+    syncs_duplicate: int = 0  # a Sync served a moment ago, asked again (crossed in flight)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

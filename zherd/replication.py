@@ -36,6 +36,7 @@ Cursors = dict[str, tuple[int, int]]  # neighbor -> (epoch, seq) of its stream a
 
 CHUNK_BYTES = 256 * 1024  # records per Updates message, in bytes: far below any peer's limit
 RECORD_OVERHEAD = 8  # msgpack framing counted per record, so tiny records are bounded too
+CHEAP_REWIND = 1000  # records a Sync may always rewind our stream by (bounded work a message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class Outbound:
     confirm: bool = False  # a Sync was served: open the stream even if there is nothing to send
     full_at: float = -math.inf  # when we last started a full resend to it
     deferred: Sync | None = None  # a full resend that waits for the interval
+    served: Sync | None = None  # the last Sync served: the same one again is a duplicate
     catchup_to: int = 0  # what a served Sync owes it runs to here; later records are live
 
 
@@ -242,12 +244,18 @@ class Replicator:
 
     def _serve(self, peer: str, sync: Sync, now: float) -> None:
         """Rewind our stream to where the neighbor's copy ends (the start, if we cannot
-        vouch for it: a full resend, granted at most once per interval)."""
+        vouch for it). A rewind costs the records past that point: a cheap one (up to
+        CHEAP_REWIND) is always granted, so a Sync costs bounded work like any message;
+        an expensive one at most once per `full_resend_interval` per neighbor."""
         out = self.outbound[peer]
-        start = self._resume_point(sync)
-        if start is None or start == 0:
+        head = self.store.head
+        start = self._resume_point(sync) or 0
+        if head - start > CHEAP_REWIND:
             wait = out.full_at + self.full_resend_interval - now
             if wait > 0:
+                if sync == out.served:  # asked again before our answer arrived: it flows
+                    self.links[peer].syncs_duplicate += 1
+                    return
                 if out.deferred is None:
                     self.events.append(Deferred(peer, wait))
                 out.deferred = sync
@@ -255,9 +263,8 @@ class Replicator:
                 return
             out.full_at = now
             self.links[peer].full_resends += 1
-            start = 0
         out.deferred = None
-        head = self.store.head
+        out.served = sync
         out.cursor = out.tip = start
         if sync.epoch != out.peer_epoch:  # a new process: it may have lost what it told us
             out.peer_epoch, out.resend_until = sync.epoch, head  # so that goes back too

@@ -233,7 +233,7 @@ def test_a_cut_link_under_load_loses_nothing_and_resends_what_was_missed(
     marks = {name: len(hosts.log(name)) for name in ("Hamilton", "Parker")}
     for name, peer in (("Hamilton", "Parker"), ("Parker", "Hamilton")):
         wait_until(
-            lambda n=name, p=peer: logged_since(hosts, n, f"neighbor {p} disconnected", marks[n]),
+            lambda n=name, p=peer: logged_since(hosts, n, f"neighbor {p} down", marks[n]),
             SETTLE,
             what=f"{name} to notice the cut",
         )
