@@ -240,3 +240,10 @@ def test_the_bound_is_the_callers() -> None:
         "origin is no server of the topology"
     )
     assert check(rec("kiwi"), ORIGINS, LATEST, 3) == Rejected("client id too long")
+
+
+@pytest.mark.parametrize("client", [b"\xff", b"ki\xffwi", b"\xed\xa0\x80", b"\xc3", b"\xc0\xaf"])
+def test_a_client_id_no_iamat_could_carry_is_rejected(client: bytes) -> None:
+    """A client's IAMAT must be UTF-8 (the gateway answers `?` otherwise): so must a record."""
+    line = b"Alford +0.000000000 " + client + b" +1+1 10"
+    assert checked(line) == Rejected("client id is not UTF-8")
