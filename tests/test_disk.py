@@ -168,7 +168,6 @@ async def test_a_failing_disk_keeps_the_turns_frames_and_says_why(
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="a partial write is written again whole")
 async def test_a_write_cut_short_by_a_full_disk_goes_on_where_it_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -176,8 +176,8 @@ class Disk:
         if not pending:
             return 0
         data = b"".join(pending)
+        written = 0
         try:
-            written = os.write(self._fd, data)
             while written < len(data):
                 written += os.write(self._fd, data[written:])
             if self.fsync == "always":
@@ -186,6 +186,9 @@ class Disk:
                 self.unsynced = True
         except OSError as e:
             self.failing = e.strerror or str(e)
+            if written:  # the file holds the start (a disk filling up): go on from there
+                self.log_bytes += written
+                self._pending = [data[written:]] if written < len(data) else []
             return 0
         self.failing = None
         self.writes += 1
