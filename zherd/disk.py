@@ -100,6 +100,18 @@ def read_frames(data: bytes, where: str) -> Iterator[tuple[int, bytes] | str]:
         offset = start + length
 
 
+def whole_frames(data: bytes) -> int:
+    """How many bytes of `data` are whole frames (checksums unread): where a tail cut
+    short, or a length that runs past the end, begins."""
+    offset, end, size = 0, len(data), FRAME.size
+    while end - offset >= size:
+        length = FRAME.unpack_from(data, offset)[0]
+        if length > MAX_FRAME or offset + size + length > end:
+            break
+        offset += size + length
+    return offset
+
+
 class Disk:
     def __init__(self, folder: Path, name: str, fsync: Fsync = "everysec") -> None:
         self.folder = folder
@@ -131,7 +143,10 @@ class Disk:
         self.log_bytes = os.fstat(self._fd).st_size
 
     def load(self) -> Loaded:
-        """Read everything back (in a thread: the loop meanwhile accepts clients)."""
+        """Read everything back (in a thread: the loop meanwhile accepts clients).
+
+        A log cut short mid-frame is cut back to its last whole frame, so that what
+        is appended next can be read."""
         loaded = Loaded([], Meta(), 0, 0, [])
         for path in (self.snapshot_path, self.old_path, self.log_path):
             try:
@@ -141,6 +156,7 @@ class Disk:
             except OSError as e:
                 raise StorageError(f"storage {path}: cannot read: {e.strerror}") from None
             entries = loaded.entries
+            damaged = loaded.damaged
             for item in read_frames(data, str(path)):
                 if type(item) is str:
                     loaded.damaged += 1
@@ -156,7 +172,19 @@ class Disk:
                     except (ValueError, TypeError) as e:
                         loaded.damaged += 1
                         loaded.problems.append(f"{path}: unreadable positions ({e})")
+            if path == self.log_path and loaded.damaged > damaged:
+                self._cut_torn_tail(len(data), whole_frames(data))
         return loaded
+
+    def _cut_torn_tail(self, size: int, good: int) -> None:
+        """Drop the bytes after the last whole frame (a write cut short by a crash), or
+        the frames appended from now on would sit behind them, unreadable."""
+        if good < size:
+            try:
+                os.truncate(self.log_path, good)
+            except OSError as e:
+                raise StorageError(f"storage {self.log_path}: cannot cut: {e.strerror}") from None
+            self.log_bytes = good
 
     # writing, once per loop turn
 
