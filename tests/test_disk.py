@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from zherd.disk import (
@@ -314,9 +315,21 @@ def test_an_unknown_kind_with_a_good_checksum_is_read_and_ignored(tmp_path: Path
     assert (loaded.frames, loaded.damaged) == (3, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="Meta.unpack raises AttributeError")
-def test_an_unreadable_meta_is_reported(tmp_path: Path) -> None:
-    (tmp_path / "A.log").write_bytes(frame(ENTRY, entry(1, "a")) + frame(META, b"\x93\x01\x02\x03"))
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x93\x01\x02\x03",  # [1, 2, 3]
+        b"\xc1",
+        b"",
+        msgpack.packb([1, {}, 5]),
+        msgpack.packb([1, {"B": [1]}, {}]),
+        msgpack.packb([1, {}, {}, 4]),
+        msgpack.packb({"epoch": 1}),
+    ],
+    ids=bytes.hex,
+)
+def test_an_unreadable_meta_is_reported(tmp_path: Path, payload: bytes) -> None:
+    (tmp_path / "A.log").write_bytes(frame(ENTRY, entry(1, "a")) + frame(META, payload))
     loaded = Disk(tmp_path, "A").load()
     assert loaded.entries == [entry(1, "a")]
     assert loaded.meta == Meta()

@@ -169,7 +169,7 @@ class Disk:
                 elif kind == META:
                     try:
                         loaded.meta = Meta.unpack(payload)
-                    except (ValueError, TypeError) as e:
+                    except (ValueError, TypeError, AttributeError) as e:  # another shape
                         loaded.damaged += 1
                         loaded.problems.append(f"{path}: unreadable positions ({e})")
             if path == self.log_path and loaded.damaged > damaged:
