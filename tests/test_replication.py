@@ -1041,9 +1041,6 @@ def test_a_deferred_full_resend_is_dropped_when_the_neighbor_goes_down() -> None
     assert a.links["B"].full_resends == 1
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the Sync retry interval runs from the ask, not from the send"
-)
 def test_a_sync_asked_while_the_neighbor_was_down_is_sent_once_when_it_comes_up() -> None:
     """The retry interval runs from the send, not from the boot that asked for it: the
     neighbor's first heartbeat (tip -1: it has not had our Sync yet) crosses it."""

@@ -147,6 +147,7 @@ class Replicator:
         self.ancestors: dict[int, int] = {}  # our earlier epochs -> seq their stream is good to
         self.events: list[Event] = []  # for the node's log, taken with `take_events`
         self.cursors_changed = False  # inbound positions moved since `cursors()` was last read
+        self.now = -math.inf  # the latest time a caller gave (flush is given none)
 
     # restart
 
@@ -174,6 +175,7 @@ class Replicator:
 
         `latest_ns`: the newest client time a record may carry (now + the bound).
         """
+        self.now = now
         inbound = self.inbound[peer]
         inbound.last_heard = now
         inbound.peer_epoch = message.epoch
@@ -275,7 +277,9 @@ class Replicator:
         for peer, inbound in self.inbound.items():
             if inbound.ask:
                 if send(peer, Sync(self.epoch, inbound.epoch, inbound.seq)):
-                    inbound.ask = False
+                    # The retry interval runs from the send: a Sync asked for while the
+                    # neighbor was down must not be sent twice when it comes up.
+                    inbound.ask, inbound.asked_at = False, max(inbound.asked_at, self.now)
                     self.links[peer].syncs_sent += 1
                 else:
                     done = False
@@ -322,6 +326,7 @@ class Replicator:
     def tick(self, now: float, send: Send) -> None:
         """Heartbeats to every neighbor; notice the ones that went quiet; serve
         full resends whose interval has passed."""
+        self.now = now
         for peer, inbound in self.inbound.items():
             out = self.outbound[peer]
             if inbound.alive and now - inbound.last_heard > self.dead_after:
