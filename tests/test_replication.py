@@ -1020,7 +1020,6 @@ def test_forged_syncs_within_the_interval_give_one_full_resend() -> None:
     assert len(updates(sent[mark:])) == 1  # served once, not again at every tick
 
 
-@pytest.mark.xfail(strict=True, reason="a deferred full resend is served to a dead neighbor")
 def test_a_deferred_full_resend_is_dropped_when_the_neighbor_goes_down() -> None:
     """It will Sync again when it is back; its old request is not served into the void."""
     sent, send = recorder()

@@ -333,6 +333,7 @@ class Replicator:
                 inbound.alive = False
                 out.cursor = None  # it will tell us where to resume when it is back
                 out.pending.clear()
+                out.deferred = None  # and ask again: not served into the void meanwhile
                 self.events.append(NeighborDown(peer, self.dead_after))
             if out.deferred is not None and now >= out.full_at + self.full_resend_interval:
                 self._serve(peer, out.deferred, now)
