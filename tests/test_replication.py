@@ -337,9 +337,6 @@ def chunk_bytes(message: Updates) -> int:
     return sum(len(r) + RECORD_OVERHEAD for r in message.records)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a chunk ends after the record that takes it past CHUNK_BYTES"
-)
 def test_a_big_store_goes_out_in_byte_bounded_chunks() -> None:
     herd = started(LINE)
     mark = len(herd.sent)
@@ -356,9 +353,6 @@ def test_a_big_store_goes_out_in_byte_bounded_chunks() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a chunk ends after the record that takes it past CHUNK_BYTES"
-)
 def test_chunks_of_big_records_never_exceed_chunk_bytes() -> None:
     """60 KB records (a client id as long as a client line allows): a chunk stops before
     the record that would take it past the bound, not after."""
@@ -1124,9 +1118,6 @@ def test_a_catch_up_blocked_midway_stays_bulk_and_what_is_stored_meanwhile_is_li
     assert not sent[-1].bulk or sent[-1].last == head
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a chunk ends after the record that takes it past CHUNK_BYTES"
-)
 def test_chunks_never_exceed_chunk_bytes_with_60_kb_records() -> None:
     sent, send = recorder()
     a = replicator()
@@ -1143,9 +1134,6 @@ def test_chunks_never_exceed_chunk_bytes_with_60_kb_records() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a chunk ends after the record that takes it past CHUNK_BYTES"
-)
 def test_a_record_larger_than_a_chunk_still_goes_alone() -> None:
     sent, send = recorder()
     a = replicator()

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from zherd.counters import LinkCounters
-from zherd.locations import RECORD, Locations, seq_of, via_of
+from zherd.locations import HEADER, RECORD, Locations, seq_of, via_of
 from zherd.record import Valid, check
 from zherd.wire import Heartbeat, Message, Sync, Updates
 
@@ -303,13 +303,15 @@ class Replicator:
             chunk: list[bytes] = []
             records: list[bytes] = []
             size = 0
-            while pending and size < CHUNK_BYTES:
-                entry = pending.popleft()
-                chunk.append(entry)
+            while pending:
+                entry = pending[0]
                 if via_of(entry) != via or seq_of(entry) <= resend_until:
-                    record = entry[RECORD]
-                    records.append(record)
-                    size += len(record) + RECORD_OVERHEAD
+                    cost = len(entry) - HEADER.size + RECORD_OVERHEAD
+                    if records and size + cost > CHUNK_BYTES:
+                        break  # the next chunk's (a record alone may be larger)
+                    records.append(entry[RECORD])
+                    size += cost
+                chunk.append(pending.popleft())
             last = out.pending_to if not pending else seq_of(chunk[-1])
             if records or out.confirm:
                 bulk = last <= out.catchup_to
