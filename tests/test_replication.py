@@ -575,7 +575,8 @@ def test_an_empty_restart_soon_after_boot_waits_for_the_full_resend_interval() -
 
 @pytest.mark.parametrize("wait", [0.0, DEAD_AFTER + 2], ids=["fast", "noticed"])
 @pytest.mark.xfail(
-    strict=True, reason="a stream's tip does not move past records left out for the neighbor"
+    strict=True,
+    reason="a restarted neighbor's answer in its new epoch does not continue our position",
 )
 def test_a_restart_with_its_disk_costs_what_was_missed_not_the_store(wait: float) -> None:
     herd = started(LINE, seed=21)
@@ -589,6 +590,8 @@ def test_a_restart_with_its_disk_costs_what_was_missed_not_the_store(wait: float
     herd.iamat("N3", "n3-new", "3000")
     full = herd.full_resends()
     mark = len(herd.sent)
+    for node in herd.nodes.values():
+        node.take_events()
     n2 = herd.restart("N2")
     assert len(n2.store) == 2010
     herd.settle()
@@ -599,8 +602,10 @@ def test_a_restart_with_its_disk_costs_what_was_missed_not_the_store(wait: float
     assert herd.full_resends() == full
     to_n2 = sum(len(m.records) for _, d, m in herd.updates(mark) if d == "N2")
     from_n2 = sum(len(m.records) for s, _, m in herd.updates(mark) if s == "N2")
-    assert to_n2 == 8  # exactly what it missed
-    assert from_n2 == 8  # which it forwards on; nothing of its old stream again
+    # What it missed, which it forwards on; nothing of its old stream again. (Twice at
+    # most: a Sync can cross the live flow that carries the same records.)
+    assert 8 <= to_n2 <= 2 * 8
+    assert 8 <= from_n2 <= 2 * 8
     catch_ups = [
         e for e in herd.nodes["N1"].events + herd.nodes["N3"].events if isinstance(e, CatchUp)
     ]
@@ -608,7 +613,8 @@ def test_a_restart_with_its_disk_costs_what_was_missed_not_the_store(wait: float
 
 
 @pytest.mark.xfail(
-    strict=True, reason="a stream's tip does not move past records left out for the neighbor"
+    strict=True,
+    reason="a restarted neighbor's answer in its new epoch does not continue our position",
 )
 def test_a_restart_keeps_its_stream_so_neighbors_resume_in_it() -> None:
     """N1 holds N2's stream up to some seq of N2's old epoch; the new N2 vouches for it."""
@@ -637,7 +643,8 @@ def test_a_restart_keeps_its_stream_so_neighbors_resume_in_it() -> None:
 
 
 @pytest.mark.xfail(
-    strict=True, reason="a stream's tip does not move past records left out for the neighbor"
+    strict=True,
+    reason="a restarted neighbor's answer in its new epoch does not continue our position",
 )
 def test_ancestors_chain_over_several_restarts() -> None:
     """N1, cut off, slept through two restarts of N2 and resumes in N2's first epoch."""
@@ -685,6 +692,26 @@ def test_a_restart_that_lost_its_tail_sends_the_whole_stream() -> None:
 
 
 # cuts
+
+
+def test_a_position_moves_past_records_left_out_for_the_neighbor() -> None:
+    """A's stream to B holds only what came from B: B's position in it still moves (at the
+    next heartbeat), so a cut or a restart resumes there instead of from the start."""
+    herd = steady([("A", "B")], seed=15)
+    a, b = herd.nodes["A"], herd.nodes["B"]
+    populate(herd, "B", 100)
+    assert a.store.head == 100 and b.inbound["A"].seq < 100
+    herd.advance(HEARTBEAT)
+    assert (b.inbound["A"].epoch, b.inbound["A"].seq) == (a.epoch, 100)
+    assert a.outbound["B"].tip == 100
+    mark, full = len(herd.sent), herd.full_resends()
+    herd.cut("A", "B")
+    herd.advance(DEAD_AFTER + 2)
+    herd.heal()
+    herd.advance(3)
+    assert Sync(b.epoch, a.epoch, 100) in [m for _, _, m in herd.sent[mark:]]
+    assert herd.full_resends() == full
+    assert herd.records_sent(mark) == 0
 
 
 @pytest.mark.parametrize("silently", [False, True], ids=["refused", "dropped"])
@@ -735,11 +762,8 @@ def test_cut_with_moves_on_both_sides() -> None:
     assert herd.records_sent(mark) < 200
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a stream's tip does not move past records left out for the neighbor"
-)
 def test_catch_up_never_replaces_newer_data_with_older() -> None:
-    herd = started(LINE, seed=4)
+    herd = steady(LINE, seed=4)
     herd.iamat("N1", "kiwi", "10")
     herd.settle()
     herd.cut("N2", "N3")
@@ -847,7 +871,11 @@ def test_no_sync_storm_in_steady_state() -> None:
         herd.advance(1)
     herd.assert_converged()
     assert herd.syncs_sent(mark) == 0
-    heartbeats = sum(isinstance(m, Heartbeat) for _, _, m in herd.sent[mark:])
+    # One a second each way per link: a heartbeat, or the position past records left out.
+    heartbeats = sum(
+        isinstance(m, Heartbeat) or (isinstance(m, Updates) and not m.records)
+        for _, _, m in herd.sent[mark:]
+    )
     assert heartbeats == 60 * 2 * len(PAPER)
 
 

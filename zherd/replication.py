@@ -326,8 +326,9 @@ class Replicator:
     # time passing
 
     def tick(self, now: float, send: Send) -> None:
-        """Heartbeats to every neighbor; notice the ones that went quiet; serve
-        full resends whose interval has passed."""
+        """Heartbeats to every neighbor (or the stream's position, if it moved past
+        records left out for it); notice the ones that went quiet; serve full resends
+        whose interval has passed."""
         self.now = now
         for peer, inbound in self.inbound.items():
             out = self.outbound[peer]
@@ -339,6 +340,18 @@ class Replicator:
                 self.events.append(NeighborDown(peer, self.dead_after))
             if out.deferred is not None and now >= out.full_at + self.full_resend_interval:
                 self._serve(peer, out.deferred, now)
+            # What lies past its tip came from it and was left out: move its position past
+            # that (instead of a heartbeat), or a Sync after a cut or a restart would
+            # resume before it and get it all back.
+            cursor = out.cursor
+            if (
+                cursor is not None
+                and cursor > out.tip
+                and not out.pending
+                and send(peer, Updates(self.epoch, out.tip, cursor, ()))
+            ):
+                out.tip = cursor
+                continue
             tip = out.tip if out.cursor is not None else -1
             send(peer, Heartbeat(self.epoch, tip))
 
