@@ -106,6 +106,7 @@ class Inbound:
     ask: bool = False  # a Sync is due: sent by the next flush
     alive: bool = False
     peer_epoch: int = 0  # the epoch its last message carried
+    synced: tuple[int, int] = (0, 0)  # the position our last Sync gave it
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,12 @@ class Replicator:
         if invalid:
             self.events.append(Dropped(peer, invalid, reason))
         # Newest-wins makes every update safe to apply; only a continuous stream moves us on.
-        in_order = message.epoch == inbound.epoch and message.first == inbound.seq
+        # A restarted neighbor answers our Sync in its new epoch, from where we were in
+        # an earlier one (its disk kept that stream): the answer continues our position.
+        position = (inbound.epoch, inbound.seq)
+        in_order = message.first == inbound.seq and (
+            message.epoch == inbound.epoch or position == inbound.synced
+        )
         if in_order or message.first == 0:
             if (inbound.epoch, inbound.seq) != (message.epoch, message.last):
                 inbound.epoch, inbound.seq = message.epoch, message.last
@@ -277,6 +283,7 @@ class Replicator:
         for peer, inbound in self.inbound.items():
             if inbound.ask:
                 if send(peer, Sync(self.epoch, inbound.epoch, inbound.seq)):
+                    inbound.synced = (inbound.epoch, inbound.seq)
                     # The retry interval runs from the send: a Sync asked for while the
                     # neighbor was down must not be sent twice when it comes up.
                     inbound.ask, inbound.asked_at = False, max(inbound.asked_at, self.now)
