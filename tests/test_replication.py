@@ -477,6 +477,10 @@ def test_herd_converges_after_any_cuts_and_restarts(ops: list[tuple], seed: int)
         if lost_at.get(origin, -1) < index:
             assert client_of(record) in view
             assert key(view[client_of(record)]) >= key(record)
+    mark = len(herd.sent)
+    herd.advance(FULL_RESEND)
+    assert herd.syncs_sent(mark) == 0  # and goes quiet
+    assert herd.records_sent(mark) == 0
 
 
 # restarts
@@ -567,7 +571,10 @@ def test_an_empty_restart_soon_after_boot_waits_for_the_full_resend_interval() -
     herd.advance(FULL_RESEND)
     assert len(n2.store) == 100
     herd.assert_converged()
-    assert herd.nodes["N1"].links["N2"].full_resends == 2  # boot, and this one
+    mark = len(herd.sent)
+    herd.advance(FULL_RESEND)
+    assert herd.syncs_sent(mark) == 0
+    assert herd.nodes["N1"].links["N2"].full_resends == 2  # boot, and this one: not again
 
 
 # restarts with a disk: the streams resume

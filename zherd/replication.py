@@ -347,6 +347,7 @@ class Replicator:
                 self.events.append(NeighborDown(peer, self.dead_after))
             if out.deferred is not None and now >= out.full_at + self.full_resend_interval:
                 self._serve(peer, out.deferred, now)
+                continue  # its catch-up goes next: a heartbeat ahead of it makes it ask again
             # What lies past its tip came from it and was left out: move its position past
             # that (instead of a heartbeat), or a Sync after a cut or a restart would
             # resume before it and get it all back.
