@@ -328,6 +328,8 @@ class Replicator:
                 out.tip, out.confirm = last, False
                 link.records_out += len(records)
             out.cursor = last
+        if store.head > out.cursor:  # stored while this run was held back: it goes now too
+            return self._flush_one(peer, out, send)
         return True
 
     # time passing
