@@ -186,7 +186,6 @@ def test_a_multi_line_message_from_anywhere_gets_the_prefix_on_every_line(log: L
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="a traceback is written without the prefix")
 def test_a_traceback_gets_the_prefix_on_every_line(log: LogFile) -> None:
     log.new()
     try:
