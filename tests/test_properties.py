@@ -1,7 +1,9 @@
-"""Property tests: the parsers and the replicator face arbitrary input and never raise.
+"""Property tests: the parsers, record.check and the replicator face arbitrary input
+and never raise.
 
 Each property checks results against an independent oracle (exact `decimal`
-arithmetic, a naive line splitter), so passing means "right", not just "no crash".
+arithmetic, a naive line splitter, the IAMAT a record was made from), so passing
+means "right", not just "no crash".
 """
 
 from __future__ import annotations
@@ -18,17 +20,14 @@ from gateway.protocol import (
     IAmAt,
     Invalid,
     LineSplitter,
-    Location,
     WhatsAt,
-    format_at,
-    format_skew,
-    locate,
-    location_from_wire,
     parse_line,
 )
 from zherd import wire
-from zherd.replication import Replicator
-from zherd.store import Store
+from zherd.counters import LinkCounters
+from zherd.locations import Locations, record_of, seq_of, via_of
+from zherd.record import Rejected, Valid, at_line, check, fields, format_skew, make
+from zherd.replication import Replicator, Rules
 from zherd.wire import Heartbeat, Message, Sync, Updates
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -38,6 +37,9 @@ ASCII_WS = " \t\n\r\x0b\x0c"
 COORD = re.compile(r"([+-][0-9]+(?:\.[0-9]+)?)([+-][0-9]+(?:\.[0-9]+)?)", re.ASCII)
 TIME = re.compile(r"[+-]?[0-9]+(?:\.[0-9]{1,9})?", re.ASCII)
 SKEW = re.compile(r"[+-][0-9]+\.[0-9]{9}", re.ASCII)
+ORIGINS = frozenset({b"B", b"C", b"Server"})
+MAX_ID = 64
+LATEST = 10**21 * 10**9  # past any time a client can write (20 digits of seconds)
 
 # strategies
 
@@ -108,7 +110,7 @@ def in_range(text: str, limit: int) -> bool:
 
 
 def valid_iamat(fields: list[str]) -> bool | None:
-    """DESIGN.md's IAMAT, decided with exact arithmetic and nothing from the code under test.
+    """The README's IAMAT, decided with exact arithmetic and nothing from the code under test.
 
     None where the design leaves it open (a signed time): either answer is fine there.
     """
@@ -122,18 +124,33 @@ def valid_iamat(fields: list[str]) -> bool | None:
     return None if fields[3][0] in "+-" else True
 
 
-def assert_client_could_have_sent(loc: Location) -> None:
-    """Every field is what a client's IAMAT (and its server's reply) would carry."""
-    for text in loc[:5]:
-        assert isinstance(text, str) and text
-        assert not set(text) & set(ASCII_WS)
-        text.encode()  # no lone surrogates
-    m = COORD.fullmatch(loc.coords)
+def assert_client_could_have_sent(record: bytes) -> None:
+    """The record's fields are what a client's IAMAT (and its server's reply) carry,
+    decided without the code under test: the IAMAT rebuilt from it parses to the same
+    fix, and the rest is the server's."""
+    text = record.decode()  # valid UTF-8, as every IAMAT is
+    parts = text.split(" ")
+    assert len(parts) == 5 and all(parts), parts
+    origin, skew, client_id, coords, time = parts
+    for part in parts:
+        assert not set(part) & set(ASCII_WS)
+    assert origin.encode() in ORIGINS
+    assert len(client_id.encode()) <= MAX_ID
+    m = COORD.fullmatch(coords)
     assert m is not None and in_range(m[1], 90) and in_range(m[2], 180)
-    assert TIME.fullmatch(loc.time) is not None
-    assert SKEW.fullmatch(loc.skew) is not None
-    assert Decimal(loc.time) * 10**9 == loc.time_ns
-    assert (loc.lat, loc.lon) == (float(m[1]), float(m[2]))
+    assert TIME.fullmatch(time) is not None
+    assert SKEW.fullmatch(skew) is not None
+    event = parse_line(f"IAMAT {client_id} {coords} {time}".encode())
+    assert isinstance(event, IAmAt)
+    assert Decimal(time) * 10**9 == event.time_ns
+    assert fields(record) == (
+        client_id.encode(),
+        origin.encode(),
+        event.time_ns,
+        event.lat,
+        event.lon,
+    )
+    assert (event.lat, event.lon) == (float(m[1]), float(m[2]))
 
 
 def naive_split(stream: bytes, max_line: int) -> tuple[list[bytes | Invalid], bytes | None]:
@@ -167,22 +184,27 @@ def test_parse_line_never_raises_and_invalid_echoes_the_line(line: bytes) -> Non
 def test_iamat_accepted_exactly_when_valid_and_echoed_exactly(
     drawn: tuple[bytes, list[str]], received_ns: int
 ) -> None:
-    line, fields = drawn
+    line, fields_ = drawn
     parsed = parse_line(line)
-    expected = valid_iamat(fields)
+    expected = valid_iamat(fields_)
     if expected is not None:
         assert isinstance(parsed, IAmAt) == expected, parsed
     else:
         assert isinstance(parsed, IAmAt | Invalid)
     if isinstance(parsed, IAmAt):
-        loc = locate(parsed, "Server", received_ns)
-        reply = format_at(loc).split(b" ")
+        skew = format_skew(received_ns - parsed.time_ns)
+        record = make("Server", skew, parsed.client_id, parsed.coords, parsed.time)
+        reply = at_line(record).split(b" ")
         assert reply[3:] == line.split()[1:]  # the client's text, byte for byte
         with localcontext(prec=100):
-            skew = Decimal(received_ns).scaleb(-9) - Decimal(fields[3])
-        assert Decimal(reply[2].decode()) == skew
-        assert_client_could_have_sent(loc)
-        assert location_from_wire(loc[:5]) == loc  # and a neighbor accepts what a client sent
+            exact = Decimal(received_ns).scaleb(-9) - Decimal(fields_[3])
+        assert Decimal(reply[2].decode()) == exact
+        # ... and a neighbor accepts what a client sent (within the herd's bounds)
+        if len(parsed.client_id.encode()) <= MAX_ID:
+            assert check(record, ORIGINS, LATEST, MAX_ID) == Valid(
+                parsed.client_id.encode(), b"Server", parsed.time_ns
+            )
+            assert_client_could_have_sent(record)
 
 
 @FAST
@@ -232,20 +254,38 @@ SKEWS = st.builds(
     st.text(DIGITS, min_size=1, max_size=3),
     st.text(DIGITS, min_size=8, max_size=10),
 )
-GOOD_RECORDS = st.tuples(
+CLIENT_IDS = st.one_of(st.sampled_from(["a", "b", "c", "x" * MAX_ID, "x" * (MAX_ID + 1)]), TOKEN)
+GOOD_RECORDS = st.builds(
+    make,
+    st.sampled_from(["B", "C", "Server"]),
+    st.integers(-(10**12), 10**12).map(format_skew),
     st.one_of(st.sampled_from(["a", "b", "c"]), TOKEN),
     st.sampled_from(["+34.068930-118.445127", "-90+180", "+0.5-0.25"]),
     st.builds(lambda s, ns: f"{s}.{ns:09d}", st.integers(0, 10**10), st.integers(0, 10**9 - 1)),
-    st.sampled_from(["B", "C", "Z"]),
-    st.integers(-(10**12), 10**12).map(format_skew),
 )
-RECORDS = st.one_of(
+PARTS = st.tuples(  # a record's five fields, each drawn near and across its edges
+    st.sampled_from(["B", "C", "Server", "Z", "b", "", "B\x00"]),
+    st.one_of(st.integers(-(10**12), 10**12).map(format_skew), SKEWS),
+    CLIENT_IDS,
+    COORDS,
+    TIMES,
+)
+
+
+def mutated(record: bytes, at: int, byte: int) -> bytes:
+    at %= len(record) + 1
+    return record[:at] + bytes([byte]) + record[at + 1 :]
+
+
+RECORD_BYTES = st.one_of(
     GOOD_RECORDS,
-    st.tuples(TOKEN, COORDS, TIMES, TOKEN, SKEWS),
-    st.lists(st.one_of(TOKEN, JUNK), min_size=4, max_size=6).map(tuple),
-    JUNK,
+    PARTS.map(lambda parts: " ".join(parts).encode()),
+    st.builds(mutated, GOOD_RECORDS, st.integers(0, 200), st.integers(0, 255)),
+    st.binary(max_size=80),
 )
+RECORDS = st.one_of(RECORD_BYTES, RECORD_BYTES.map(lambda b: b.decode(errors="replace")), JUNK)
 INTS = st.one_of(st.integers(-2, 12), st.integers(-(2**63), 2**64 - 1), st.booleans())
+BULK = st.one_of(st.booleans(), st.sampled_from([0, 1, None, "", b"\x01"]))
 
 
 @FAST
@@ -257,6 +297,8 @@ def test_decode_any_bytes_gives_a_message_or_none(payload: bytes) -> None:
         for value in (message.epoch, *_ints(message)):
             assert type(value) is int and -1 <= value < 2**63
         assert message.epoch > 0
+        if isinstance(message, Updates):
+            assert type(message.records) is tuple and type(message.bulk) is bool
 
 
 def _ints(message: Message) -> tuple[int, ...]:
@@ -271,41 +313,99 @@ def _ints(message: Message) -> tuple[int, ...]:
 @given(
     st.one_of(
         st.tuples(st.sampled_from([1, 2, 3, 4, True]), INTS, INTS, INTS),
-        st.tuples(st.sampled_from([2, 3, 1.0]), INTS, INTS, INTS, st.lists(RECORDS, max_size=4)),
+        st.tuples(
+            st.sampled_from([2, 3, 1.0]),
+            INTS,
+            INTS,
+            INTS,
+            st.lists(RECORDS, max_size=4),
+            BULK,
+        ),
+        st.tuples(st.sampled_from([2]), INTS, INTS, INTS, st.lists(RECORDS, max_size=4)),
         st.tuples(st.sampled_from([3, 1]), INTS, INTS),
     ).map(msgpack.packb)
 )
 def test_decode_near_miss_messages(payload: bytes) -> None:
     """Shapes one step away from a real message: every field type and range is checked."""
-    fields = msgpack.unpackb(payload, use_list=False)
-    assert wire.decode(payload) == expected_message(fields)
+    fields_ = msgpack.unpackb(payload, use_list=False)
+    assert wire.decode(payload) == expected_message(fields_)
 
 
-def expected_message(fields: tuple[Any, ...]) -> Message | None:
+def expected_message(fields_: tuple[Any, ...]) -> Message | None:
     """The wire format's rules, restated: int fields are ints (not bools) in [-1, 2**63)."""
-    if not all(type(v) is int and -1 <= v < 2**63 for v in fields[:4]):
+    if not all(type(v) is int and -1 <= v < 2**63 for v in fields_[:4]):
         return None
-    kind, epoch, *rest = fields
+    kind, epoch, *rest = fields_
     if epoch <= 0:
         return None
     if kind == 1 and len(rest) == 2 and min(rest) >= 0:
         return Sync(epoch, *rest)
     if kind == 3 and len(rest) == 1:
         return Heartbeat(epoch, rest[0])
-    if kind == 2 and len(rest) == 3 and type(rest[2]) is tuple and 0 <= rest[0] <= rest[1]:
+    if (
+        kind == 2
+        and len(rest) == 4
+        and type(rest[2]) is tuple
+        and type(rest[3]) is bool
+        and 0 <= rest[0] <= rest[1]
+    ):
         return Updates(epoch, *rest)
     return None
 
 
+def valid_record(parts: tuple[str, str, str, str, str]) -> bool:
+    """A record's rules, decided with exact arithmetic and nothing from the code under test."""
+    origin, skew, client_id, coords, time = parts
+    if not all(parts) or any(set(p) & set(ASCII_WS) for p in parts):
+        return False
+    m = COORD.fullmatch(coords)
+    return (
+        origin.encode() in ORIGINS
+        and SKEW.fullmatch(skew) is not None
+        and len(client_id.encode()) <= MAX_ID
+        and m is not None
+        and in_range(m[1], 90)
+        and in_range(m[2], 180)
+        and TIME.fullmatch(time) is not None
+        and len(time.lstrip("+-").split(".")[0]) <= 20
+    )
+
+
+@FAST
+@given(PARTS)
+def test_check_accepts_a_record_exactly_when_it_is_one(
+    parts: tuple[str, str, str, str, str],
+) -> None:
+    result = check(" ".join(parts).encode(), ORIGINS, LATEST, MAX_ID)
+    assert isinstance(result, Valid) == valid_record(parts), result
+    if isinstance(result, Valid):
+        with localcontext(prec=100):
+            assert result.time_ns == Decimal(parts[4]) * 10**9
+
+
+@FAST
+@given(GOOD_RECORDS)
+def test_a_record_a_client_could_send_is_accepted(record: bytes) -> None:
+    client_id = record.split(b" ")[2]
+    result = check(record, ORIGINS, LATEST, MAX_ID)
+    if len(client_id) > MAX_ID:
+        assert result == Rejected("client id too long")
+    else:
+        assert isinstance(result, Valid) and result.client_id == client_id
+        assert_client_could_have_sent(record)
+
+
 @FAST
 @given(st.one_of(JUNK, RECORDS, st.lists(RECORDS, max_size=2)))
-def test_location_from_wire_never_raises_and_accepts_only_what_a_client_could_send(
-    fields: Any,
-) -> None:
-    loc = location_from_wire(fields)
-    if loc is not None:
-        assert_client_could_have_sent(loc)
-        assert tuple(loc[:5]) == tuple(fields)
+def test_check_never_raises_and_accepts_only_what_a_client_could_send(line: Any) -> None:
+    result = check(line, ORIGINS, LATEST, MAX_ID)
+    assert isinstance(result, Valid | Rejected)
+    if isinstance(result, Valid):
+        assert type(line) is bytes
+        assert_client_could_have_sent(line)
+        assert (result.client_id, result.origin, result.time_ns) == fields(line)[:3]
+    else:
+        assert result.reason
 
 
 EPOCHS = st.one_of(st.sampled_from([0xA, 0xB, 0xC, 1]), INTS)  # ours, theirs, or anything
@@ -313,13 +413,14 @@ SEQS = st.one_of(st.integers(-1, 12), INTS)
 MESSAGES = st.one_of(
     st.builds(Sync, EPOCHS, EPOCHS, SEQS),
     st.builds(Heartbeat, EPOCHS, SEQS),
-    st.builds(Updates, EPOCHS, SEQS, SEQS, st.lists(RECORDS, max_size=6).map(tuple)),
+    st.builds(Updates, EPOCHS, SEQS, SEQS, st.lists(RECORDS, max_size=6).map(tuple), BULK),
     st.builds(  # a well-formed envelope, so the records inside get applied
-        lambda epoch, first, n, records: Updates(epoch, first, first + n, records),
+        lambda epoch, first, n, records, bulk: Updates(epoch, first, first + n, records, bulk),
         st.sampled_from([0xB, 0xC]),
         st.integers(0, 12),
         st.integers(0, 3),
         st.lists(RECORDS, min_size=1, max_size=6).map(tuple),
+        st.booleans(),
     ),
 )
 
@@ -341,7 +442,9 @@ def test_replicator_takes_any_decoded_message_from_a_neighbor(
         sent.append(message)
         return True
 
-    node = Replicator("A", 0xA, ("B", "C"), Store())
+    rules = Rules(ORIGINS, max_future_ns=0, max_id=MAX_ID)
+    links = {"B": LinkCounters(), "C": LinkCounters()}
+    node = Replicator("A", 0xA, ("B", "C"), Locations(), rules, links)
     node.start(0.0, send)
     now = 0.0
     for peer, raw, dt, tick in script:
@@ -352,15 +455,18 @@ def test_replicator_takes_any_decoded_message_from_a_neighbor(
         if message is None:
             continue
         now += dt
-        stored = node.receive(peer, message, now)
+        stored = node.receive(peer, message, now, LATEST)
         node.flush(send)
         if tick:
             node.tick(now, send)
         for entry in stored:
-            assert entry.via == peer
+            assert via_of(entry) == node.via[peer]
+        node.take_events()
     event("stored some" if len(node.store) else "stored none")  # shows it is not vacuous
     for entry in node.store:
-        assert_client_could_have_sent(entry.location)
-    assert [e.seq for e in node.store] == sorted(e.seq for e in node.store)
+        assert_client_could_have_sent(record_of(entry))
+    assert [seq_of(e) for e in node.store] == sorted(seq_of(e) for e in node.store)
+    for link in links.values():
+        assert link.records_in == link.applied + link.stale + link.invalid
     for message in sent:
         assert wire.decode(wire.encode(message)) == message  # what it sends is well formed

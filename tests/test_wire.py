@@ -20,16 +20,19 @@ from zherd.wire import (
     encode,
 )
 
-RECORD = ("kiwi.cs.ucla.edu", "+34.068930-118.445127", "1400794645.392014450", "Alford", "+0.1")
+RECORD = b"Alford +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1400794645.392014450"
 
 MESSAGES: list[Message] = [
     Sync(1, 0, 0),
     Sync(MAX_INT, MAX_INT, MAX_INT),
     Sync(0x2F00_0000_0001, 0x1234, 99),
     Updates(7, 0, 0, ()),
+    Updates(7, 0, 0, (), bulk=True),
     Updates(7, 3, 9, (RECORD,)),
-    Updates(MAX_INT, MAX_INT, MAX_INT, (RECORD,) * 1024),
-    Updates(7, 3, 9, (("junk",), 5, None)),  # records are checked later, one by one
+    Updates(7, 3, 9, (RECORD, b"", b"\x00\xff\n"), bulk=True),
+    Updates(MAX_INT, MAX_INT, MAX_INT, (RECORD,) * 1024, bulk=True),
+    Updates(7, 3, 9, (b"x" * 70_000,)),
+    Updates(7, 3, 9, (("junk",), 5, None, "text")),  # type: ignore[arg-type]  # checked later
     Heartbeat(1, -1),
     Heartbeat(5, 0),
     Heartbeat(MAX_INT, MAX_INT),
@@ -53,14 +56,31 @@ def test_tuples_on_the_wire_not_maps() -> None:
         4,
         1,
         2,
-        [list(RECORD)],
+        [RECORD],
+        False,
     ]
+    assert msgpack.unpackb(encode(Updates(4, 1, 2, (), bulk=True))) == [UPDATES, 4, 1, 2, [], True]
 
 
-def test_decoded_records_are_tuples() -> None:
-    message = decode(encode(Updates(4, 1, 2, (RECORD, list(RECORD)))))
+def test_records_go_as_msgpack_bin_and_come_back_as_bytes() -> None:
+    payload = encode(Updates(4, 1, 2, (RECORD,)))
+    assert b"\xc4" + bytes([len(RECORD)]) + RECORD in payload  # bin 8, not str
+    message = decode(payload)
     assert isinstance(message, Updates)
-    assert message.records == (RECORD, RECORD)
+    assert type(message.records) is tuple
+    assert message.records == (RECORD,) and type(message.records[0]) is bytes
+
+
+def test_a_text_record_stays_text_for_validation_to_refuse() -> None:
+    message = decode(pack(UPDATES, 4, 1, 2, (RECORD.decode(), list(RECORD)), False))
+    assert isinstance(message, Updates)
+    assert message.records == (RECORD.decode(), tuple(RECORD))
+
+
+def test_the_bulk_flag_is_kept() -> None:
+    for bulk in (False, True):
+        message = decode(encode(Updates(4, 1, 2, (RECORD,), bulk)))
+        assert isinstance(message, Updates) and message.bulk is bulk
 
 
 GARBAGE = [
@@ -110,7 +130,9 @@ INVALID = [
     pack(HEARTBEAT, 1),
     pack(HEARTBEAT, 1, 0, 0),
     pack(UPDATES, 1, 0, 0),
-    pack(UPDATES, 1, 0, 0, (), ()),
+    pack(UPDATES, 1, 0, 0, ()),  # the five fields of the old format: no bulk flag
+    pack(UPDATES, 1, 0, 0, (), False, False),
+    pack(UPDATES, 1, 0, 0, (), (), False),
     # wrong field types
     pack(SYNC, "1", 0, 0),
     pack(SYNC, 1, 0.0, 0),
@@ -118,16 +140,25 @@ INVALID = [
     pack(SYNC, 1, 0, b"0"),
     pack(HEARTBEAT, 1.5, 0),
     pack(HEARTBEAT, 1, [0]),
-    pack(UPDATES, 1, 0, 0, "records"),
-    pack(UPDATES, 1, 0, 0, {"a": 1}),
-    pack(UPDATES, 1, 0, 0, 5),
-    pack(UPDATES, 1, 0, 0, None),
+    pack(UPDATES, 1, 0, 0, "records", False),
+    pack(UPDATES, 1, 0, 0, RECORD, False),
+    pack(UPDATES, 1, 0, 0, {"a": 1}, False),
+    pack(UPDATES, 1, 0, 0, 5, False),
+    pack(UPDATES, 1, 0, 0, None, False),
+    # a bulk flag that is no bool
+    pack(UPDATES, 1, 0, 0, (), 0),
+    pack(UPDATES, 1, 0, 0, (), 1),
+    pack(UPDATES, 1, 0, 0, (), None),
+    pack(UPDATES, 1, 0, 0, (), "true"),
+    pack(UPDATES, 1, 0, 0, (), b"\x01"),
+    pack(UPDATES, 1, 0, 0, (), ()),
     # bools where ints are expected
     pack(SYNC, True, 0, 0),
     pack(SYNC, 1, False, 0),
     pack(SYNC, 1, 0, False),
     pack(HEARTBEAT, 1, True),
-    pack(UPDATES, 1, False, True, ()),
+    pack(UPDATES, 1, False, True, (), False),
+    pack(UPDATES, True, 0, 0, (), False),
     # negative, zero or huge where they make no sense
     pack(SYNC, 0, 0, 0),
     pack(SYNC, -1, 0, 0),
@@ -139,10 +170,11 @@ INVALID = [
     pack(HEARTBEAT, 1, -2),
     pack(HEARTBEAT, 0, 0),
     pack(HEARTBEAT, 1, 2**63),
-    pack(UPDATES, 1, -1, 0, ()),
-    pack(UPDATES, 1, 5, 4, ()),
-    pack(UPDATES, 1, 0, 2**64 - 1, ()),
-    pack(UPDATES, -5, 0, 0, ()),
+    pack(UPDATES, 1, -1, 0, (), False),
+    pack(UPDATES, 1, 5, 4, (), False),
+    pack(UPDATES, 1, 0, 2**64 - 1, (), False),
+    pack(UPDATES, -5, 0, 0, (), False),
+    pack(UPDATES, 0, 0, 0, (), False),
     # maps and nested junk
     msgpack.packb({}),
     msgpack.packb({"kind": SYNC, "epoch": 1, "known_epoch": 0, "known_seq": 0}),
@@ -156,7 +188,8 @@ INVALID = [
     msgpack.packb(None),
     msgpack.packb(b"\x93\x01\x01\x00"),
     msgpack.packb(msgpack.ExtType(1, pack(SYNC, 1, 0, 0))),
-    pack(UPDATES, 1, 0, 0, msgpack.ExtType(5, b"x")),
+    pack(UPDATES, 1, 0, 0, msgpack.ExtType(5, b"x"), False),
+    pack(UPDATES, 1, 0, 0, (), msgpack.ExtType(5, b"x")),
 ]
 
 
@@ -166,7 +199,14 @@ def test_well_formed_msgpack_that_is_no_message(payload: bytes) -> None:
 
 
 def test_decode_does_not_trust_records_but_keeps_them_for_validation() -> None:
-    junk = pack(UPDATES, 3, 0, 1, ({"a": 1}, [1, [2]], None, b"bin", 1.5, True))
+    junk = pack(UPDATES, 3, 0, 1, ({"a": 1}, [1, [2]], None, b"bin", 1.5, True, "t"), True)
     message = decode(junk)
     assert isinstance(message, Updates)
-    assert message.records == ({"a": 1}, (1, (2,)), None, b"bin", 1.5, True)
+    assert message.records == ({"a": 1}, (1, (2,)), None, b"bin", 1.5, True, "t")
+    assert message.bulk is True
+
+
+def test_a_string_with_a_lone_surrogate_in_the_records_is_no_message() -> None:
+    payload = bytes([0x96, UPDATES, 3, 0, 1, 0x91]) + b"\xa3\xed\xa0\x80" + b"\xc2"
+    assert decode(payload.replace(b"\xed\xa0\x80", b"abc")) == Updates(3, 0, 1, ("abc",), False)  # type: ignore[arg-type]
+    assert decode(payload) is None

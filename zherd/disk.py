@@ -97,16 +97,29 @@ def read_frames(data: bytes, where: str, kinds: list[int], payloads: list[bytes]
         length, crc, kind = unpack(data, offset)
         start = offset + size
         offset = start + length
-        if length > MAX_FRAME or offset > end or kind not in seeds:
+        if length > MAX_FRAME or offset > end:
             problems.append(f"{where}: frame at byte {start - size} is broken: rest dropped")
             break
         payload = data[start:offset]
-        if crc32(payload, seeds[kind]) != crc:
+        seed = seeds[kind] if kind in seeds else crc32(bytes((kind,)))  # a kind of the future
+        if crc32(payload, seed) != crc:
             problems.append(f"{where}: frame at byte {start - size} fails its checksum: dropped")
             continue
         add_kind(kind)
         add_payload(payload)
     return problems
+
+
+def whole_frames(data: bytes) -> int:
+    """How many bytes of `data` are whole frames (checksums unread): where a tail cut
+    short, or a length that runs past the end, begins."""
+    offset, end, size = 0, len(data), FRAME.size
+    while end - offset >= size:
+        length = FRAME.unpack_from(data, offset)[0]
+        if length > MAX_FRAME or offset + size + length > end:
+            break
+        offset += size + length
+    return offset
 
 
 class Disk:
@@ -144,6 +157,8 @@ class Disk:
 
         Entries come back in the order they were stored. A log being compacted away
         (`.log.old`, left by a compaction cut short) only adds what its snapshot lacks.
+        A log cut short mid-frame is cut back to its last whole frame, so that what is
+        appended next can be read.
         """
         loaded = Loaded([], Meta(), 0, 0, [])
         snapshot_head = 0
@@ -157,11 +172,13 @@ class Disk:
             kinds: list[int] = []
             payloads: list[bytes] = []
             problems = read_frames(data, str(path), kinds, payloads)
+            if path == self.log_path and problems:
+                self._cut_torn_tail(len(data), whole_frames(data))
             del data
             loaded.damaged += len(problems)
             loaded.problems += problems
             loaded.frames += len(kinds)
-            if META in kinds:
+            if kinds.count(ENTRY) != len(kinds):  # positions, or kinds this version ignores
                 for kind, payload in zip(kinds, payloads, strict=True):
                     if kind == META:
                         self._meta(loaded, payload, path)
@@ -177,9 +194,19 @@ class Disk:
     def _meta(loaded: Loaded, payload: bytes, path: Path) -> None:
         try:
             loaded.meta = Meta.unpack(payload)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, AttributeError) as e:  # another shape
             loaded.damaged += 1
             loaded.problems.append(f"{path}: unreadable stream positions ({e})")
+
+    def _cut_torn_tail(self, size: int, good: int) -> None:
+        """Drop the bytes after the last whole frame (a write cut short by a crash), or
+        the frames appended from now on would sit behind them, unreadable."""
+        if good < size:
+            try:
+                os.truncate(self.log_path, good)
+            except OSError as e:
+                raise StorageError(f"storage {self.log_path}: cannot cut: {e.strerror}") from None
+            self.log_bytes = good
 
     # writing, once per loop turn
 
@@ -199,8 +226,8 @@ class Disk:
         if not pending:
             return 0
         data = b"".join(pending)
+        written = 0
         try:
-            written = os.write(self._fd, data)
             while written < len(data):
                 written += os.write(self._fd, data[written:])
             if self.fsync == "always":
@@ -209,6 +236,9 @@ class Disk:
                 self.unsynced = True
         except OSError as e:
             self.failing = e.strerror or str(e)
+            if written:  # the file holds the start (a disk filling up): go on from there
+                self.log_bytes += written
+                self._pending = [data[written:]] if written < len(data) else []
             return 0
         self.failing = None
         self.writes += 1

@@ -12,6 +12,7 @@ long, so no input can forge a line, recolour a terminal or bloat the file.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,14 +61,18 @@ def lines(head: str, body: Iterable[str]) -> str:
 
 
 def _format(record: dict[str, Any]) -> str:
-    """Every line of a record gets the prefix (a multi-line message from anywhere
-    in the code stays greppable); records the journal built are written as they are."""
+    """Every line of a record gets the prefix (a multi-line message or a traceback from
+    anywhere in the code stays greppable, and a control character in it cannot start
+    a line of its own); records the journal built are written as they are."""
     extra = record["extra"]
     if "raw" not in extra:
         when = record["time"].astimezone(UTC)
         head = prefix(extra.get("server", "-"), record["level"].name, when)
-        extra["raw"] = lines(head, record["message"].split("\n"))
-    return "{extra[raw]}{exception}"
+        text = record["message"]
+        if record["exception"] is not None:
+            text += "\n" + "".join(traceback.format_exception(*record["exception"])).rstrip("\n")
+        extra["raw"] = lines(head, map(escape, text.split("\n")))
+    return "{extra[raw]}"
 
 
 def setup(server: str, config: LoggingConfig, console_level: str = "WARNING") -> Path:

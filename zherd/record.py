@@ -102,14 +102,25 @@ def check(line: object, origins: frozenset[bytes], latest_ns: int, max_id: int) 
         return Rejected("not a record")
     if m[ORIGIN] not in origins:
         return Rejected("origin is no server of the topology")
-    if len(m[CLIENT]) > max_id:
+    client_id = m[CLIENT]
+    if len(client_id) > max_id:
         return Rejected("client id too long")
+    if not client_id.isascii() and not _utf8(client_id):
+        return Rejected("client id is not UTF-8")  # no IAMAT can carry it
     if not (within(m[LAT], 90) and within(m[LON], 180)):
         return Rejected("coordinates out of range")
     time_ns = nanoseconds(m[SIGN], m[WHOLE], m[FRAC])
     if time_ns > latest_ns:
         return Rejected("time too far in the future")
-    return Valid(m[CLIENT], m[ORIGIN], time_ns)
+    return Valid(client_id, m[ORIGIN], time_ns)
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def fields(line: bytes) -> tuple[bytes, bytes, int, float, float]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from zherd.counters import LinkCounters
-from zherd.locations import RECORD, Locations, seq_of, via_of
+from zherd.locations import HEADER, RECORD, Locations, seq_of, via_of
 from zherd.record import Valid, check
 from zherd.wire import Heartbeat, Message, Sync, Updates
 
@@ -108,6 +108,7 @@ class Inbound:
     ask: bool = False  # a Sync is due: sent by the next flush
     alive: bool = False
     peer_epoch: int = 0  # the epoch its last message carried
+    synced: tuple[int, int] = (0, 0)  # the position our last Sync gave it
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class Replicator:
         self.ancestors: dict[int, int] = {}  # our earlier epochs -> seq their stream is good to
         self.events: list[Event] = []  # for the node's log, taken with `take_events`
         self.cursors_changed = False  # inbound positions moved since `cursors()` was last read
+        self.now = -math.inf  # the latest time a caller gave (flush is given none)
 
     # restart
 
@@ -176,6 +178,7 @@ class Replicator:
 
         `latest_ns`: the newest client time a record may carry (now + the bound).
         """
+        self.now = now
         inbound = self.inbound[peer]
         inbound.last_heard = now
         inbound.peer_epoch = message.epoch
@@ -220,7 +223,12 @@ class Replicator:
         if invalid:
             self.events.append(Dropped(peer, invalid, reason))
         # Newest-wins makes every update safe to apply; only a continuous stream moves us on.
-        in_order = message.epoch == inbound.epoch and message.first == inbound.seq
+        # A restarted neighbor answers our Sync in its new epoch, from where we were in
+        # an earlier one (its disk kept that stream): the answer continues our position.
+        position = (inbound.epoch, inbound.seq)
+        in_order = message.first == inbound.seq and (
+            message.epoch == inbound.epoch or position == inbound.synced
+        )
         if in_order or message.first == 0:
             if (inbound.epoch, inbound.seq) != (message.epoch, message.last):
                 inbound.epoch, inbound.seq = message.epoch, message.last
@@ -282,7 +290,10 @@ class Replicator:
         for peer, inbound in self.inbound.items():
             if inbound.ask:
                 if send(peer, Sync(self.epoch, inbound.epoch, inbound.seq)):
-                    inbound.ask = False
+                    inbound.synced = (inbound.epoch, inbound.seq)
+                    # The retry interval runs from the send: a Sync asked for while the
+                    # neighbor was down must not be sent twice when it comes up.
+                    inbound.ask, inbound.asked_at = False, max(inbound.asked_at, self.now)
                     self.links[peer].syncs_sent += 1
                 else:
                     done = False
@@ -306,13 +317,15 @@ class Replicator:
             chunk: list[bytes] = []
             records: list[bytes] = []
             size = 0
-            while pending and size < CHUNK_BYTES:
-                entry = pending.popleft()
-                chunk.append(entry)
+            while pending:
+                entry = pending[0]
                 if via_of(entry) != via or seq_of(entry) <= resend_until:
-                    record = entry[RECORD]
-                    records.append(record)
-                    size += len(record) + RECORD_OVERHEAD
+                    cost = len(entry) - HEADER.size + RECORD_OVERHEAD
+                    if records and size + cost > CHUNK_BYTES:
+                        break  # the next chunk's (a record alone may be larger)
+                    records.append(entry[RECORD])
+                    size += cost
+                chunk.append(pending.popleft())
             last = out.pending_to if not pending else seq_of(chunk[-1])
             if records or out.confirm:
                 bulk = last <= out.catchup_to
@@ -322,22 +335,40 @@ class Replicator:
                 out.tip, out.confirm = last, False
                 link.records_out += len(records)
             out.cursor = last
+        if store.head > out.cursor:  # stored while this run was held back: it goes now too
+            return self._flush_one(peer, out, send)
         return True
 
     # time passing
 
     def tick(self, now: float, send: Send) -> None:
-        """Heartbeats to every neighbor; notice the ones that went quiet; serve
-        full resends whose interval has passed."""
+        """Heartbeats to every neighbor (or the stream's position, if it moved past
+        records left out for it); notice the ones that went quiet; serve full resends
+        whose interval has passed."""
+        self.now = now
         for peer, inbound in self.inbound.items():
             out = self.outbound[peer]
             if inbound.alive and now - inbound.last_heard > self.dead_after:
                 inbound.alive = False
                 out.cursor = None  # it will tell us where to resume when it is back
                 out.pending.clear()
+                out.deferred = None  # and ask again: not served into the void meanwhile
                 self.events.append(NeighborDown(peer, self.dead_after))
             if out.deferred is not None and now >= out.full_at + self.full_resend_interval:
                 self._serve(peer, out.deferred, now)
+                continue  # its catch-up goes next: a heartbeat ahead of it makes it ask again
+            # What lies past its tip came from it and was left out: move its position past
+            # that (instead of a heartbeat), or a Sync after a cut or a restart would
+            # resume before it and get it all back.
+            cursor = out.cursor
+            if (
+                cursor is not None
+                and cursor > out.tip
+                and not out.pending
+                and send(peer, Updates(self.epoch, out.tip, cursor, ()))
+            ):
+                out.tip = cursor
+                continue
             tip = out.tip if out.cursor is not None else -1
             send(peer, Heartbeat(self.epoch, tip))
 
