@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,20 @@ def test_duration() -> None:
     assert duration(303) == "5m 03s"
     assert duration(2 * 3600 + 7 * 60) == "2h 07m"
     assert duration(3 * 86400 + 4 * 3600) == "3d 04h"
+
+
+def test_a_status_port_in_use_leaves_the_server_serving(herd) -> None:
+    h = herd(("Ann", "Bo"), (("Ann", "Bo"),), start=False)
+    with socket.create_server(("127.0.0.1", h.ports["Ann"][2])):  # bound, never answered
+        h.start()
+        with h.client("Ann") as c:
+            assert c.ask("IAMAT sq-1 +34.06-118.44 1400794645.5").startswith("AT Ann ")
+        wait_until(lambda: "status endpoint: cannot listen" in h.log("Ann"), what="Ann's log")
+        assert "/healthz, /status and /metrics are off" in h.log("Ann")
+        bo = config.load(h.config).servers["Bo"]
+        wait_until(lambda: herdstatus.probe(bo).healthy, what="Bo's /healthz")
+        done = zherd_status(h, "--json")
+        assert done.returncode == 1
+        doc = json.loads(done.stdout)
+        assert doc["servers"]["Ann"]["state"] == DOWN
+        assert doc["servers"]["Bo"]["state"] == UP

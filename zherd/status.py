@@ -79,9 +79,11 @@ def snapshot(node: Node) -> dict[str, Any]:
     }
 
 
-async def start(node: Node, host: str, port: int) -> web.AppRunner:
-    """Serve the endpoint; the runner, for `cleanup()` at shutdown."""
+async def start(node: Node, host: str, port: int) -> web.AppRunner | None:
+    """Serve the endpoint; the runner, for `cleanup()` at shutdown. A port that cannot be
+    had is logged and the server goes on without the endpoint: clients come first."""
     from aiohttp import web
+    from loguru import logger
 
     async def healthz(request: web.Request) -> web.Response:
         ok, why = health(node)
@@ -107,5 +109,13 @@ async def start(node: Node, host: str, port: int) -> web.AppRunner:
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as e:
+        await runner.cleanup()
+        logger.error(
+            f"status endpoint: cannot listen on {host}:{port} ({e.strerror or e}); "
+            "/healthz, /status and /metrics are off"
+        )
+        return None
     return runner
