@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -48,7 +45,14 @@ def status_url(server: ServerConfig) -> str | None:
 # -- asking ---------------------------------------------------------------------------------------
 
 
+# urllib and threads are imported only to ask servers: `zherd start` imports this module
+# (for the live page) and needs its rules alone.
+
+
 def _get(url: str, timeout: float) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             return reply.status, reply.read()
@@ -57,6 +61,8 @@ def _get(url: str, timeout: float) -> tuple[int, bytes]:
 
 
 def _why(error: BaseException) -> str:
+    import urllib.error
+
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
     if isinstance(reason, TimeoutError):
         return "no answer"
@@ -83,6 +89,8 @@ def probe(server: ServerConfig, timeout: float = TIMEOUT) -> Probe:
 
 def probe_all(topology: Topology, timeout: float = TIMEOUT) -> dict[str, Probe]:
     """Every server's probe, asked in parallel, in topology order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     servers = list(topology.servers.values())
     with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
         probes = list(pool.map(lambda s: probe(s, timeout), servers))
