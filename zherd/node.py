@@ -138,7 +138,8 @@ class Node:
         answered = self.counters.iamat - self._iamat_timed
         if answered:  # one observation for the batch: its IAMATs were answered together
             self._iamat_timed += answered
-            self.latency.iamat.observe(max(0, time.time_ns() - self._batch_ns), answered)
+            took = time.time_ns() - self._batch_ns
+            self.latency.iamat.observe(took if took > 0 else 0, answered)
 
     def note(self, message: str) -> None:
         self.journal.add(logs.escape(message))
