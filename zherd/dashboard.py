@@ -216,7 +216,10 @@ class Poller:
         while True:
             await self._watched.wait()
             began = time.monotonic()
-            self._publish(await self.poll())
+            try:
+                self._publish(await self.poll())
+            except Exception as e:  # a document we cannot read must not end the page
+                print(f"zherd.dashboard: poll failed: {e!r}", file=sys.stderr, flush=True)
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - began)))
 
     async def poll(self) -> dict[str, Any]:
