@@ -13,6 +13,7 @@ from pathlib import Path
 from zherd import config, herdstatus
 from zherd.harness import PAPER_LINKS, PAPER_SERVERS, Herd, wait_until
 from zherd.herdstatus import DOWN, STARTING, UNKNOWN, UP, duration, link_state, server_state
+from zherd.launcher import await_ready, spawn
 
 
 def zherd_status(herd: Herd, *args: str) -> subprocess.CompletedProcess[str]:
@@ -146,7 +147,10 @@ def test_duration() -> None:
 def test_a_status_port_in_use_leaves_the_server_serving(herd) -> None:
     h = herd(("Ann", "Bo"), (("Ann", "Bo"),), start=False)
     with socket.create_server(("127.0.0.1", h.ports["Ann"][2])):  # bound, never answered
-        h.start()
+        h.start("Bo")
+        ann = spawn(h.config, "Ann", env=h.env, cwd=h.root)  # Herd.start would wait for /status
+        h.procs["Ann"] = ann
+        await_ready({"Ann": ann})
         with h.client("Ann") as c:
             assert c.ask("IAMAT sq-1 +34.06-118.44 1400794645.5").startswith("AT Ann ")
         wait_until(lambda: "status endpoint: cannot listen" in h.log("Ann"), what="Ann's log")
