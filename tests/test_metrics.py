@@ -126,6 +126,8 @@ def test_metrics_of_a_herd(herd) -> None:
     assert value(ann, "zherd_link_lag_records", neighbor="Bo") == 0
     assert ("zherd_link_up", (("neighbor", "Cy"),)) not in ann  # not a neighbor of Ann
     assert value(ann, "process_resident_memory_bytes") > 0
+    assert value(ann, "zherd_gc_longest_pause_seconds") >= 0
+    assert value(ann, "zherd_restore_seconds") >= 0
     info = [k for k in ann if k[0] == "zherd_server_info"]
     assert info and ("name", "Ann") in info[0][1]
 

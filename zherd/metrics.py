@@ -106,6 +106,15 @@ def _gauges(snap: dict[str, Any]) -> Iterator[Metric]:
     yield _gauge("connections", "client connections open", snap["connections"])
     yield _gauge("stream_head", "position of the server's replication stream", snap["head"])
     yield _gauge("restored_locations", "locations read from storage at start", snap["restored"])
+    yield _gauge("restore_seconds", "time the store took to read at start", snap["restore_s"])
+    yield CounterMetricFamily(
+        PREFIX + "gc_collections", "cyclic garbage collections", value=snap["gc"]["collections"]
+    )
+    yield _gauge(
+        "gc_longest_pause_seconds",
+        "longest pause of the cyclic garbage collector",
+        snap["gc"]["longest_pause_ms"] / 1000,
+    )
 
 
 def _links(node: Node, neighbors: dict[str, dict[str, Any]]) -> Iterator[Metric]:
