@@ -148,7 +148,8 @@ def parser() -> argparse.ArgumentParser:
     make_keys.add_argument("names", nargs="*", metavar="NAME", help="only these servers")
     make_keys.add_argument("--show", action="store_true", help="print each server's public key")
 
-    # `zherd status` (the herd's /status endpoints) will be added here.
+    status = command("status", _status, help="every server up or down, its clients and links")
+    status.add_argument("--json", action="store_true", help="one JSON document instead of a table")
 
     # What `start` runs in each child. Hidden: a subcommand is listed only if it has a help
     # (before Python 3.13, help=argparse.SUPPRESS still lists it, as "==SUPPRESS==").
@@ -243,6 +244,12 @@ def _start(args: argparse.Namespace) -> int:
     if len(names) == 1:  # this process is the server: its pid is the one to kill
         return _serve(topology, names[0], storage, announce=True)
     return supervise(topology, names, storage, restart=args.restart == "always")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from zherd import herdstatus
+
+    return herdstatus.main(load_topology(args.config), args.json)
 
 
 def _serve_command(args: argparse.Namespace) -> int:

@@ -102,6 +102,15 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The live herd page `zherd start` serves (`zherd.dashboard`)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 12290  # 0: any free port (the address is printed at start)
+
+
+@dataclass(frozen=True)
 class Topology:
     path: Path
     servers: Mapping[str, ServerConfig]
@@ -111,6 +120,7 @@ class Topology:
     storage: StorageConfig = field(default_factory=lambda: StorageConfig(None))
     limits: Limits = field(default_factory=Limits)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     def neighbors(self, name: str) -> tuple[str, ...]:
         """Permitted neighbors of a server, sorted for a stable wiring order."""
@@ -133,7 +143,8 @@ def parse(raw: Mapping[str, Any], path: Path) -> Topology:
     """Validate a decoded topology; relative directories are relative to `path`'s folder."""
     where = str(path)
     base = path.absolute().parent  # a symlinked topology: its own folder, not the target's
-    _known(raw, {"servers", "links", "places", "logging", "storage", "limits", "security"}, where)
+    known = {"servers", "links", "places", "logging", "storage", "limits", "security", "dashboard"}
+    _known(raw, known, where)
     servers = _servers(raw.get("servers"), where)
     links = _links(raw.get("links", []), servers, where)
     return Topology(
@@ -145,6 +156,7 @@ def parse(raw: Mapping[str, Any], path: Path) -> Topology:
         storage=_storage(_table(raw, "storage", where), base, where),
         limits=_limits(_table(raw, "limits", where), where),
         security=_security(_table(raw, "security", where), base, where),
+        dashboard=_dashboard(_table(raw, "dashboard", where), where),
     )
 
 
@@ -287,6 +299,19 @@ def _security(raw: Mapping[str, Any], base: Path, where: str) -> SecurityConfig:
         curve=_typed(raw, "curve", bool, True, at),
         keys_dir=_dir(raw.get("keys_dir", "keys"), base, f"{at} keys_dir"),
     )
+
+
+def _dashboard(raw: Mapping[str, Any], where: str) -> DashboardConfig:
+    at = f"{where}: [dashboard]"
+    d = DashboardConfig()
+    _known(raw, {"enabled", "host", "port"}, at)
+    port = raw.get("port", d.port)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ConfigError(f"{at}: port must be an integer in 0..65535 (0: any free), not {port!r}")
+    host = _typed(raw, "host", str, d.host, at)
+    if not host:
+        raise ConfigError(f"{at}: host must be a non-empty string")
+    return DashboardConfig(_typed(raw, "enabled", bool, d.enabled, at), host, port)
 
 
 def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:

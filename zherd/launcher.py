@@ -454,4 +454,18 @@ def supervise(
 ) -> int:
     """Run the named servers as child processes, kept up; the exit status of the herd.
     (The caller has checked their ports: `check_ports`.)"""
-    return Supervisor(topology, names, storage, restart, say, backoff).run()
+    page = herd_page(topology, say)
+    try:
+        return Supervisor(topology, names, storage, restart, say, backoff).run()
+    finally:
+        if page is not None:
+            stop({"page": page})
+
+
+def herd_page(topology: Topology, say: Say) -> Popen[bytes] | None:
+    """The live herd page (`zherd.dashboard`) in a child process, its address said now."""
+    from zherd import dashboard
+
+    return dashboard.spawn(
+        topology, say, preexec_fn=_die_with_parent, process_group=0, stdin=subprocess.DEVNULL
+    )

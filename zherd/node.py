@@ -35,6 +35,7 @@ from zherd.config import Topology
 from zherd.counters import Counters, GcPauses
 from zherd.disk import Disk, Loaded, Meta
 from zherd.journal import Journal
+from zherd.latency import Latencies
 from zherd.links import Links
 from zherd.locations import FROM_CLIENT, Locations
 from zherd.places import PlacesProvider, make_provider
@@ -61,6 +62,10 @@ class Node:
         self.started = time.time()
         limits = topology.limits
         self.counters = Counters.for_neighbors(self.neighbors)
+        self.latency = Latencies()
+        self._batch_ns = 0  # when the IAMATs being answered were read
+        self._iamat_timed = 0  # IAMATs already in the latency histogram
+        self._flushed_head = 0
         self.locations = Locations()
         folder = topology.storage.dir
         self.disk = (
@@ -85,7 +90,7 @@ class Node:
             self.turn.soon,
             rules.max_future_ns,
         )
-        self.turn.steps = [self._commit, self.links.flush, self.journal.write]
+        self.turn.steps = [self._commit, self._flush, self.journal.write]
         self.places: PlacesProvider = make_provider(topology.places)
         self.loaded = False
         self.stopping = False
@@ -104,6 +109,7 @@ class Node:
             event.client_id.encode(), event.time_ns, self._origin, line, FROM_CLIENT
         )
         self.counters.iamat += 1
+        self._batch_ns = received_ns
         if entry is None:
             self.counters.iamat_stale += 1
         else:
@@ -119,13 +125,21 @@ class Node:
         return Fix(record.at_line(line), lat, lon)
 
     async def find_places(self, lat: float, lon: float, radius_km: float, count: int) -> bytes:
+        began = time.perf_counter_ns()
         places = await self.places.nearby(lat, lon, radius_km, count)
-        return orjson.dumps(places, option=orjson.OPT_INDENT_2)  # 30x json.dumps(indent=...)
+        found = orjson.dumps(places, option=orjson.OPT_INDENT_2)  # 30x json.dumps(indent=...)
+        self.latency.whatsat.observe(time.perf_counter_ns() - began)
+        return found
 
     def trace(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
         if received or sent:
             self.journal.client(peer, received, sent)
             self.turn.soon()
+        answered = self.counters.iamat - self._iamat_timed
+        if answered:  # one observation for the batch: its IAMATs were answered together
+            self._iamat_timed += answered
+            took = time.time_ns() - self._batch_ns
+            self.latency.iamat.observe(took if took > 0 else 0, answered)
 
     def note(self, message: str) -> None:
         self.journal.add(logs.escape(message))
@@ -149,6 +163,17 @@ class Node:
             self.counters.wal_writes += 1
         if disk.wants_compaction(len(self.locations)):
             disk.compact(list(self.locations), self._meta())
+
+    def _flush(self) -> None:
+        """The turn's updates to the neighbors, timed when there were any."""
+        head = self.locations.head
+        if head == self._flushed_head or not self.neighbors:
+            self.links.flush()  # maybe a retry or a Sync: not what the histogram is about
+            return
+        began = time.perf_counter_ns()
+        self.links.flush()
+        self.latency.flush.observe(time.perf_counter_ns() - began)
+        self._flushed_head = head
 
     def _meta(self) -> Meta:
         return Meta(self.epoch, self.replicator.cursors(), self.replicator.ancestors)

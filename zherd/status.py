@@ -1,7 +1,8 @@
-"""A server's HTTP endpoint for operators and programs: `/healthz`, `/status`.
+"""A server's HTTP endpoint for operators and programs: `/healthz`, `/status`, `/metrics`.
 
-aiohttp is imported only once the server accepts clients, so start-up stays fast.
-`snapshot` is a pure read of the node's state; nothing here is on a hot path.
+aiohttp is imported only once the server accepts clients, and prometheus_client at
+the first scrape, so start-up stays fast. `snapshot` is a pure read of the node's
+state; nothing here is on a hot path.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def snapshot(node: Node) -> dict[str, Any]:
             "epoch": f"{inbound.peer_epoch:x}",
             "position": inbound.seq,  # how far its stream is applied here
             "our_stream_sent_to": out.tip,
-            "lag": max(0, node.locations.head - out.tip) if out.cursor is not None else None,
+            # records of our stream it is owed (ones it sent us are not): scanned up to cursor
+            "lag": max(0, node.locations.head - out.cursor) if out.cursor is not None else None,
             "last_heard_s": heard,
             **link.as_dict(),
         }
@@ -73,12 +75,15 @@ def snapshot(node: Node) -> dict[str, Any]:
         "neighbors": neighbors,
         "storage": disk.stats() if disk is not None else None,
         "places": {"provider": node.topology.places.provider},
+        "latency": node.latency.as_dict(),
     }
 
 
-async def start(node: Node, host: str, port: int) -> web.AppRunner:
-    """Serve the endpoint; the runner, for `cleanup()` at shutdown."""
+async def start(node: Node, host: str, port: int) -> web.AppRunner | None:
+    """Serve the endpoint; the runner, for `cleanup()` at shutdown. A port that cannot be
+    had is logged and the server goes on without the endpoint: clients come first."""
     from aiohttp import web
+    from loguru import logger
 
     async def healthz(request: web.Request) -> web.Response:
         ok, why = health(node)
@@ -87,10 +92,30 @@ async def start(node: Node, host: str, port: int) -> web.AppRunner:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(snapshot(node))
 
+    registry = None
+
+    async def metrics(request: web.Request) -> web.Response:
+        nonlocal registry
+        from zherd import metrics as exposition  # prometheus_client: at the first scrape
+
+        if registry is None:
+            registry = exposition.registry(node)
+        body, content_type = exposition.render(registry, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as e:
+        await runner.cleanup()
+        logger.error(
+            f"status endpoint: cannot listen on {host}:{port} ({e.strerror or e}); "
+            "/healthz, /status and /metrics are off"
+        )
+        return None
     return runner
