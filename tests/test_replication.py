@@ -28,6 +28,7 @@ from zherd.counters import LinkCounters
 from zherd.locations import FROM_CLIENT, Locations, record_of, seq_of, via_of
 from zherd.record import client_of, fields, format_skew, make
 from zherd.replication import (
+    CHEAP_REWIND,
     CHUNK_BYTES,
     RECORD_OVERHEAD,
     CatchUp,
@@ -108,6 +109,7 @@ class Herd:
             dead_after=DEAD_AFTER,
             sync_retry=SYNC_RETRY,
             full_resend_interval=FULL_RESEND,
+            cheap_rewind=0,  # stores of a few records: every rewind counts
         )
         self.nodes[name] = node
         node.start(self.now, self.sender(name))
@@ -146,6 +148,7 @@ class Herd:
             dead_after=DEAD_AFTER,
             sync_retry=SYNC_RETRY,
             full_resend_interval=FULL_RESEND,
+            cheap_rewind=0,  # stores of a few records: every rewind counts
         )
         ancestors = {e: min(s, store.head) for e, s in old.ancestors.items()}
         ancestors[old.epoch] = store.head
@@ -559,22 +562,37 @@ def test_restart_of_every_node_in_turn_loses_nothing() -> None:
     assert len(herd.assert_converged()) == 50
 
 
-def test_an_empty_restart_soon_after_boot_waits_for_the_full_resend_interval() -> None:
+def test_an_empty_restart_soon_after_an_empty_boot_is_served_at_once() -> None:
+    """The resends at boot cost nothing (empty stores): they do not start the interval."""
     herd = started(LINE, seed=14)
     populate(herd, "N1", 100)
     herd.crash("N2")
     n2 = herd.boot("N2")
     herd.advance(HEARTBEAT)
-    assert len(n2.store) == 0  # N1 and N3 sent N2 everything at boot, a moment ago
+    assert len(n2.store) == 100
+    events = herd.nodes["N1"].take_events() + herd.nodes["N3"].take_events()
+    assert not [e for e in events if isinstance(e, Deferred)]
+    herd.assert_converged()
+    mark = len(herd.sent)
+    herd.advance(FULL_RESEND)
+    assert herd.syncs_sent(mark) == 0
+
+
+def test_a_second_expensive_restart_within_the_interval_waits_for_it() -> None:
+    herd = started(LINE, seed=14)
+    populate(herd, "N1", 100)
+    herd.crash("N2")
+    herd.boot("N2")
+    herd.advance(HEARTBEAT)
+    herd.crash("N2")
+    n2 = herd.boot("N2")
+    herd.advance(HEARTBEAT)
+    assert len(n2.store) == 0  # N1 and N3 sent N2 everything a moment ago
     deferred = herd.nodes["N1"].take_events() + herd.nodes["N3"].take_events()
     assert {e.peer for e in deferred if isinstance(e, Deferred)} == {"N2"}
     herd.advance(FULL_RESEND)
     assert len(n2.store) == 100
     herd.assert_converged()
-    mark = len(herd.sent)
-    herd.advance(FULL_RESEND)
-    assert herd.syncs_sent(mark) == 0
-    assert herd.nodes["N1"].links["N2"].full_resends == 2  # boot, and this one: not again
 
 
 # restarts with a disk: the streams resume
@@ -907,6 +925,7 @@ def recorder() -> tuple[list[tuple[str, Message]], Send]:
 
 
 def replicator(neighbors: tuple[str, ...] = ("B",), **options: float) -> Replicator:
+    options.setdefault("cheap_rewind", 0)  # stores of a few records: every rewind counts
     return Replicator("A", 0xA, neighbors, Locations(), RULES, links_of(neighbors), **options)  # type: ignore[arg-type]
 
 
@@ -943,7 +962,7 @@ def test_gap_in_a_stream_asks_for_a_sync_once_per_retry() -> None:
 
 def test_sync_resumes_the_stream_where_the_neighbor_is() -> None:
     sent, send = recorder()
-    a = replicator()
+    a = replicator(cheap_rewind=CHEAP_REWIND)
     own(a, 10)
     a.receive("B", Sync(0xB, 0xA, 7), 0.0, LATEST)
     a.flush(send)
@@ -1011,8 +1030,8 @@ def test_forged_syncs_within_the_interval_give_one_full_resend() -> None:
     sent, send = recorder()
     a = replicator(full_resend_interval=FULL_RESEND)
     own(a, 50)
-    for i in range(20):
-        a.receive("B", Sync(0xB, 0, 0), i * 0.1, LATEST)
+    for i in range(20):  # each claims a new process: none is a mere duplicate
+        a.receive("B", Sync(0xB + i, 0, 0), i * 0.1, LATEST)
         a.flush(send)
     full = [m for m in updates(sent) if m.first == 0]
     assert len(full) == 1 and len(full[0].records) == 50
@@ -1046,7 +1065,7 @@ def test_a_deferred_full_resend_is_dropped_when_the_neighbor_goes_down() -> None
     a = replicator(full_resend_interval=FULL_RESEND)
     own(a, 5)
     a.receive("B", Sync(0xB, 0, 0), 0.0, LATEST)
-    a.receive("B", Sync(0xB, 0, 0), 1.0, LATEST)
+    a.receive("B", Sync(0xB1, 0, 0), 1.0, LATEST)
     assert a.outbound["B"].deferred is not None
     a.flush(send)
     a.take_events()
@@ -1088,9 +1107,21 @@ def test_a_sync_asked_while_the_neighbor_was_down_is_sent_once_when_it_comes_up(
     assert [m for _, m in sent if isinstance(m, Sync)] == [Sync(0xA, 0, 0)] * 2
 
 
-def test_a_resume_in_our_stream_is_never_deferred() -> None:
+def test_a_sync_that_crossed_our_answer_is_a_duplicate_not_a_request() -> None:
     _, send = recorder()
-    a = replicator()
+    a = replicator(full_resend_interval=FULL_RESEND)
+    own(a, 50)
+    a.receive("B", Sync(0xB, 0, 0), 0.0, LATEST)
+    a.receive("B", Sync(0xB, 0, 0), 0.5, LATEST)
+    a.flush(send)
+    link = a.links["B"]
+    assert (link.syncs_served, link.syncs_duplicate, link.syncs_deferred) == (1, 1, 0)
+    assert not [e for e in a.take_events() if isinstance(e, Deferred)]
+
+
+def test_a_cheap_resume_in_our_stream_is_never_deferred() -> None:
+    _, send = recorder()
+    a = replicator(cheap_rewind=CHEAP_REWIND)
     own(a, 10)
     a.receive("B", Sync(0xB, 0, 0), 0.0, LATEST)
     for i in range(5):

@@ -98,7 +98,8 @@ def read_frames(data: bytes, where: str, kinds: list[int], payloads: list[bytes]
         start = offset + size
         offset = start + length
         if length > MAX_FRAME or offset > end:
-            problems.append(f"{where}: frame at byte {start - size} is broken: rest dropped")
+            at = start - size
+            problems.append(f"{where}: frame at byte {at} runs past the end: rest dropped")
             break
         payload = data[start:offset]
         seed = seeds[kind] if kind in seeds else crc32(bytes((kind,)))  # a kind of the future
@@ -196,7 +197,7 @@ class Disk:
             loaded.meta = Meta.unpack(payload)
         except (ValueError, TypeError, AttributeError) as e:  # another shape
             loaded.damaged += 1
-            loaded.problems.append(f"{path}: unreadable stream positions ({e})")
+            loaded.problems.append(f"{path}: unreadable positions ({e})")
 
     def _cut_torn_tail(self, size: int, good: int) -> None:
         """Drop the bytes after the last whole frame (a write cut short by a crash), or

@@ -134,6 +134,7 @@ class Replicator:
         dead_after: float = 3.0,
         sync_retry: float = 1.0,
         full_resend_interval: float = 10.0,
+        cheap_rewind: int = CHEAP_REWIND,
     ) -> None:
         self.name = name
         self.epoch = epoch
@@ -144,6 +145,7 @@ class Replicator:
         self.dead_after = dead_after
         self.sync_retry = sync_retry
         self.full_resend_interval = full_resend_interval
+        self.cheap_rewind = cheap_rewind
         self.via = {n: i for i, n in enumerate(neighbors)}  # index kept in each entry
         self.outbound = {n: Outbound() for n in neighbors}
         self.inbound = {n: Inbound() for n in neighbors}
@@ -253,12 +255,12 @@ class Replicator:
     def _serve(self, peer: str, sync: Sync, now: float) -> None:
         """Rewind our stream to where the neighbor's copy ends (the start, if we cannot
         vouch for it). A rewind costs the records past that point: a cheap one (up to
-        CHEAP_REWIND) is always granted, so a Sync costs bounded work like any message;
+        `cheap_rewind`) is always granted, so a Sync costs bounded work like any message;
         an expensive one at most once per `full_resend_interval` per neighbor."""
         out = self.outbound[peer]
         head = self.store.head
         start = self._resume_point(sync) or 0
-        if head - start > CHEAP_REWIND:
+        if head - start > self.cheap_rewind:
             wait = out.full_at + self.full_resend_interval - now
             if wait > 0:
                 if sync == out.served:  # asked again before our answer arrived: it flows
@@ -270,6 +272,7 @@ class Replicator:
                 self.links[peer].syncs_deferred += 1
                 return
             out.full_at = now
+        if start == 0 and head:
             self.links[peer].full_resends += 1
         out.deferred = None
         out.served = sync
