@@ -148,7 +148,7 @@ def test_a_killed_server_is_restarted_and_ctrl_c_stops_the_herd_once(
     herd = run("start", "--all", start_new_session=True)
     out = herd.read_until(READY_LINE).string
     assert f"logs     {tmp_path}/logs/<NAME>.log" in out
-    assert f"storage  {tmp_path}/var/<NAME>.sqlite3" in out
+    assert f"storage  {tmp_path}/var/<NAME>.log (and .snapshot)" in out
     assert "places   offline GeoNames index " in out
     before = pids(out)
     assert set(before) == set(PAPER_SERVERS)

@@ -134,7 +134,7 @@ def where(topology: Topology, storage: bool) -> str:
     elif topology.storage.dir is None:
         kept = "in memory only ([storage] enabled = false)"
     else:
-        kept = f"{topology.storage.dir}/<NAME>.sqlite3"
+        kept = f"{topology.storage.dir}/<NAME>.log (and .snapshot)"
     places = topology.places
     if places.provider == "geonames":
         try:

@@ -252,6 +252,3 @@ class Hosts:
     def log(self, name: str) -> str:
         path = self.folders[name] / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
-
-    def database(self, name: str) -> Path:
-        return self.folders[name] / "var" / f"{name}.sqlite3"
