@@ -259,7 +259,7 @@ def _logging(raw: Mapping[str, Any], base: Path, where: str) -> LoggingConfig:
     return LoggingConfig(
         dir=_dir(raw.get("dir", "logs"), base, f"{at} dir"),
         level=_typed(raw, "level", str, d.level, at).upper(),
-        rotation=_typed(raw, "rotation", str, d.rotation, at),
+        rotation=_rotation(_typed(raw, "rotation", str, d.rotation, at), at),
         retention=int(_positive(raw, "retention", d.retention, at, integer=True)),
     )
 
@@ -312,6 +312,16 @@ def _dashboard(raw: Mapping[str, Any], where: str) -> DashboardConfig:
     if not host:
         raise ConfigError(f"{at}: host must be a non-empty string")
     return DashboardConfig(_typed(raw, "enabled", bool, d.enabled, at), host, port)
+
+
+def _rotation(text: str, at: str) -> str:
+    from zherd.logfile import size
+
+    try:
+        size(text)
+    except ValueError as e:
+        raise ConfigError(f"{at}: rotation: {e}") from None
+    return text
 
 
 def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:

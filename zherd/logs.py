@@ -21,7 +21,9 @@ from typing import Any
 from loguru import logger
 
 from zherd.config import LoggingConfig
+from zherd.logfile import LogFile, size
 
+INFO = 20  # loguru's severity number for INFO
 MAX_LOGGED = 512  # characters of one client or neighbor line kept in the log
 LEVEL_WIDTH = 7
 
@@ -75,18 +77,25 @@ def _format(record: dict[str, Any]) -> str:
     return "{extra[raw]}"
 
 
+_file: LogFile | None = None  # this process's log file, once `setup` made it
+_file_level = 0  # the least severity written to it
+
+
 def setup(server: str, config: LoggingConfig, console_level: str = "WARNING") -> Path:
     """Send this process's records to `<dir>/<server>.log` (and warnings to stderr)."""
+    global _file, _file_level
     logger.remove()
     logger.configure(extra={"server": server})
     config.dir.mkdir(parents=True, exist_ok=True)
     path = config.dir / f"{server}.log"
+    if _file is not None:
+        _file.close()
+    _file = LogFile(path, size(config.rotation), config.retention)
+    _file_level = logger.level(config.level).no
     logger.add(
-        path,
+        _file,
         level=config.level,
         format=_format,
-        rotation=config.rotation,
-        retention=config.retention,
         backtrace=False,
         diagnose=False,  # variable values in tracebacks could include secrets (an API key)
     )
@@ -101,7 +110,14 @@ def setup(server: str, config: LoggingConfig, console_level: str = "WARNING") ->
 
 
 def write(server: str, level: str, events: Iterable[str]) -> None:
-    """Several events as one record: one call, one write, every line prefixed."""
+    """Several events as one record: one write, every line prefixed. The journal's INFO
+    records (the hot path) go straight to the file; anything more severe also goes
+    through loguru, to reach the console."""
     text = lines(prefix(server, level), events)
-    if text:
-        logger.bind(raw=text).log(level, text.rstrip("\n"))
+    if not text:
+        return
+    if level == "INFO" and _file is not None:
+        if _file_level <= INFO:
+            _file.write(text)
+        return
+    logger.bind(raw=text).log(level, text.rstrip("\n"))
