@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from gateway.protocol import Location, at_text
+from gateway.backend import Fix
+from gateway.protocol import IAmAt, at_text, format_at, locate
 from gateway.server import Gateway
 from zherd import logs, wire
 from zherd.bus import Bus
@@ -63,15 +64,18 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
-    # gateway.server.Node
+    # gateway.backend.Backend
 
-    def record(self, location: Location) -> None:
-        entry = self.store.put(location)
+    def iamat(self, event: IAmAt, received_ns: int) -> bytes:
+        loc = locate(event, self.name, received_ns)
+        entry = self.store.put(loc)
         if entry is not None:
             self._stored(entry)
+        return format_at(loc)
 
-    def lookup(self, client_id: str) -> Location | None:
-        return self.store.get(client_id)
+    def lookup(self, client_id: str) -> Fix | None:
+        loc = self.store.get(client_id)
+        return None if loc is None else Fix(format_at(loc), loc.lat, loc.lon)
 
     async def find_places(self, lat: float, lon: float, radius_km: float, count: int) -> bytes:
         places = await self.places.nearby(lat, lon, radius_km, count)
