@@ -196,12 +196,13 @@ class LineSplitter:
     line that grows over many reads is appended to, not copied whole each time.
     """
 
-    __slots__ = ("_buf", "_max", "_skipping")
+    __slots__ = ("_buf", "_max", "_skipping", "taken")
 
     def __init__(self, max_line: int) -> None:
         self._buf: bytes | bytearray = b""  # the partial line so far
         self._max = max_line
         self._skipping = False  # inside a line already answered as too long
+        self.taken = 0  # bytes of the lines the last split returned (with their newlines)
 
     def feed(self, data: bytes) -> list[bytes | Invalid]:
         """Complete lines (without `\\n`) in arrival order."""
@@ -212,6 +213,7 @@ class LineSplitter:
         if self._buf or self._skipping:
             joined = self._join(data)
             if type(joined) is not bytes:
+                self.taken = len(joined[0].line) if joined else 0  # type: ignore[union-attr]
                 return joined, b""  # type: ignore[return-value]
             data = joined
         lines: list[bytes | Invalid] = data.split(b"\n", max_lines)  # type: ignore[assignment]
@@ -228,6 +230,7 @@ class LineSplitter:
                 rest = b""
                 self._skipping = True
         self._buf = rest
+        self.taken = len(data) - len(unread) - len(rest)
         return lines, unread
 
     def _join(self, data: bytes) -> bytes | list[bytes | Invalid]:

@@ -35,7 +35,9 @@ from gateway.session import (
 
 __all__ = ["ClientConnection", "Gateway", "Limits"]
 
-TURN_BYTES = 1 << 20  # input all clients together may have handled in one loop turn
+# Per loop turn, in the units of gateway.session.LINE_COST: about 2,000 IAMATs or a
+# few ms of work in all; a client may take a quarter of it.
+TURN_BYTES = 256 << 10  # input all clients together may have handled in one loop turn
 SHARE = 64 << 10  # input one client may have handled in one loop turn
 
 

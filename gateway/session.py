@@ -33,9 +33,14 @@ from gateway.protocol import (
     places_error,
 )
 
-# Handling a line costs about what copying 64 bytes more of it does, so an allowance
-# in bytes also bounds the number of (tiny) lines handled in one go.
+# What handling input costs, in bytes of allowance: each byte of a line handled (a line
+# read in pieces is paid for when it ends: then it is parsed, answered and logged), 64
+# more per line (what handling a line costs beyond its bytes), and 1/16 per byte read
+# (a copy or a scan: reading a long line, or skipping one, is cheap but not free). So
+# an allowance bounds the work of any input: long lines, tiny lines, lines that end long
+# after they began, and bytes that never make a line.
 LINE_COST = 64
+READ_COST = 16  # bytes read per byte of allowance
 
 # Why the session holds its input (bits of Session._stops).
 _LOADING = 1  # the node is still reading its store
@@ -93,8 +98,9 @@ _EOF = None  # in the held queue: the end of input
 class Session:
     """One client: bytes in, actions out.
 
-    `allowance` is the IO side's say in how much input may be handled now: bytes,
-    each line counting LINE_COST more. Input beyond it waits (WaitTurn) for
+    `allowance` is the IO side's say in how much input may be handled now, in the units
+    of LINE_COST and READ_COST; the session spends it (one read may overdraw it: a read
+    is never cut, only the lines it holds are). Input beyond it waits (WaitTurn) for
     `proceed()` in a later turn. It is unlimited unless the IO side sets it.
     """
 
@@ -133,7 +139,7 @@ class Session:
         if (
             self._held
             or self._stops
-            or len(data) > room
+            or room <= 0
             or len(self._awaiting) >= self._max_inflight
             or self._queued >= self._max_output
         ):
@@ -145,7 +151,7 @@ class Session:
         lines, unread = self._splitter.split(data, room // LINE_COST or 1)
         if unread:
             self._held.append((unread, received_ns))
-        self.allowance = room - (len(data) - len(unread)) - LINE_COST * len(lines)
+        self.allowance = room - self._cost(len(data) - len(unread), len(lines))
         actions: list[Action] = []
         if lines:
             self._handle(lines, received_ns, actions)
@@ -215,6 +221,10 @@ class Session:
 
     # -- the work -------------------------------------------------------------------------
 
+    def _cost(self, read: int, lines: int) -> int:
+        """Of `read` bytes just split into `lines` lines."""
+        return read // READ_COST + self._splitter.taken + LINE_COST * lines
+
     def _blocked(self) -> bool:
         """Whether something other than the allowance is in the way of handling input."""
         return bool(
@@ -231,18 +241,15 @@ class Session:
             if data is _EOF:
                 last = self._splitter.close()
                 lines: list[bytes | Invalid] = [] if last is None else [last]
+                self.allowance -= 0 if last is None else LINE_COST + len(last)
             elif type(data) is list:  # the rest of a batch stopped at the in-flight cap
                 lines = data
-            else:
+            else:  # one read, whole: it is bytes split, not handled; lines are counted
                 room = self.allowance
-                if len(data) > room:
-                    held.appendleft((data[room:], received_ns))
-                    data = data[:room]
-                most = room // LINE_COST or 1  # at least one line: always progress
-                lines, unread = self._splitter.split(data, most)  # type: ignore[arg-type]
+                lines, unread = self._splitter.split(data, room // LINE_COST or 1)  # type: ignore[arg-type]
                 if unread:
                     held.appendleft((unread, received_ns))
-                self.allowance = room - (len(data) - len(unread)) - LINE_COST * len(lines)
+                self.allowance = room - self._cost(len(data) - len(unread), len(lines))
             if lines:
                 self._handle(lines, received_ns, actions)
         return self._settle(actions)

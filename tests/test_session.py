@@ -599,3 +599,26 @@ def test_held_input_and_a_full_buffer_then_the_turn() -> None:
     assert w.out == b"" and not w.reading  # the allowance is back, the client still not reading
     w.do(w.session.write_ready())
     assert w.take() == at("a") and w.reading
+
+
+def test_a_line_read_in_pieces_is_paid_for_when_it_is_handled() -> None:
+    """Buffering a long line is cheap; answering and logging it is not: the cost falls
+    on the read that ends it, so many long lines ending in one turn cannot all pass."""
+    w = session()
+    w.session.allowance = 100_000
+    w.send(b"x" * 60_000)
+    assert w.session.allowance == 100_000 - 60_000 // 16  # only read so far
+    w.session.allowance = 10_000
+    w.send(b"\n")
+    assert w.take() == b"? " + b"x" * 60_000 + b"\n"
+    assert w.session.allowance <= 10_000 - 60_000
+
+
+def test_end_of_input_pays_for_the_last_line() -> None:
+    w = session()
+    w.send(b"x" * 1000)
+    w.session.allowance = 0
+    w.eof()
+    assert w.out == b"" and w.waiting_turn  # the last line waits for a turn too
+    w.next_turn(allowance=10)
+    assert w.take() == b"? " + b"x" * 1000 + b"\n" and w.closed
