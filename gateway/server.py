@@ -6,7 +6,7 @@ is a thin adapter that moves bytes between a transport and the connection's
 `Session` (gateway/session.py), where every rule lives, and carries out its actions.
 
 The `Gateway` accepts clients, hangs up on idle ones, and shares out each loop turn:
-all connections together handle at most `turn_bytes` of input in a turn, one
+all connections together handle at most `turn_budget` of input in a turn, one
 connection at most `share`; one over either waits, not reading, for a later turn, so
 a flood of input, however it is spread over connections, never stalls the loop.
 """
@@ -35,26 +35,31 @@ from gateway.session import (
 
 __all__ = ["ClientConnection", "Gateway", "Limits"]
 
-# Per loop turn, in the units of gateway.session.LINE_COST: about 2,000 IAMATs or a
-# few ms of work in all; a client may take a quarter of it.
-TURN_BYTES = 256 << 10  # input all clients together may have handled in one loop turn
-SHARE = 64 << 10  # input one client may have handled in one loop turn
+# What may be handled in one loop turn, in the units of gateway/session.py (bytes, with
+# a line counting 64 more and a byte read 1/16): about 2,000 IAMATs, a few ms of work.
+TURN_BUDGET = 256 << 10  # all clients together
+SHARE = 64 << 10  # one client
 
 
 class Gateway:
     """Accepts clients for one node and enforces the per-client limits."""
 
     def __init__(
-        self, backend: Backend, limits: Limits, *, turn_bytes: int = TURN_BYTES, share: int = SHARE
+        self,
+        backend: Backend,
+        limits: Limits,
+        *,
+        turn_budget: int = TURN_BUDGET,
+        share: int = SHARE,
     ) -> None:
         self.backend = backend
         self.limits = limits
         self.connections: set[ClientConnection] = set()
         self.loading = False  # listening, but reading nothing: the node is still loading
         self.turn = 0  # loop turns in which clients had input handled
-        self.left = turn_bytes  # of this turn's budget
+        self.left = turn_budget  # of this turn's budget
         self.share = share
-        self._turn_bytes = turn_bytes
+        self._budget = turn_budget
         self._turn_scheduled = False
         self._waiting: deque[ClientConnection] = deque()  # for a turn, first come first served
         self._server: asyncio.Server | None = None
@@ -112,10 +117,10 @@ class Gateway:
         Connections that waited go first, with half of it; the other half is for new input."""
         self._turn_scheduled = False
         self.turn += 1
-        self.left = self._turn_bytes
+        self.left = self._budget
         waiting = self._waiting
         for _ in range(len(waiting)):  # not those that wait again: they had their share
-            if self.left <= self._turn_bytes // 2:
+            if self.left <= self._budget // 2:
                 break
             conn = waiting.popleft()
             if conn in self.connections:

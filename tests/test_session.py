@@ -21,6 +21,7 @@ from gateway.limits import Limits
 from gateway.protocol import NS, IAmAt, format_skew
 from gateway.session import (
     LINE_COST,
+    PLACES_COST,
     Abort,
     Action,
     Close,
@@ -622,3 +623,16 @@ def test_end_of_input_pays_for_the_last_line() -> None:
     assert w.out == b"" and w.waiting_turn  # the last line waits for a turn too
     w.next_turn(allowance=10)
     assert w.take() == b"? " + b"x" * 1000 + b"\n" and w.closed
+
+
+def test_a_whatsat_costs_its_places_lookup_too() -> None:
+    w = session()
+    w.send("IAMAT a +1+1 1700000000\n")
+    w.session.allowance = 3 * PLACES_COST
+    w.send("WHATSAT a 1 1\n" * 20)
+    assert 1 <= len(w.lookups) <= 3 and w.waiting_turn  # the rest waits for later turns
+    while w.waiting_turn or w.lookups:
+        w.answer_all()
+        if w.waiting_turn:
+            w.next_turn(allowance=3 * PLACES_COST)
+    assert w.take().count(b"\n\n") == 20
