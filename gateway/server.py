@@ -105,28 +105,34 @@ class Gateway:
         conn.share -= used
         self.left -= used
         if not self._turn_scheduled:
-            self._turn_scheduled = True
-            asyncio.get_running_loop().call_soon(self._next_turn)
+            self._schedule_turn()
 
     def wait_turn(self, conn: ClientConnection) -> None:
         self._waiting.append(conn)
-        self.spend(conn, 0)  # makes sure a next turn comes
+        if not self._turn_scheduled:
+            self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
+        """A callback scheduled now runs after this loop turn's IO: the next turn begins."""
+        self._turn_scheduled = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
-        """Callbacks scheduled now run after this loop turn's IO: a new turn begins.
-        Connections that waited go first, with half of it; the other half is for new input."""
+        """Connections that waited go first, with the turn's budget; new input then still
+        has half a budget (so a turn is at most one and a half)."""
         self._turn_scheduled = False
         self.turn += 1
         self.left = self._budget
         waiting = self._waiting
         for _ in range(len(waiting)):  # not those that wait again: they had their share
-            if self.left <= self._budget // 2:
+            if self.left <= 0:
                 break
             conn = waiting.popleft()
             if conn in self.connections:
                 conn.step(conn.session.proceed)
-        if waiting:
-            self.spend(waiting[0], 0)
+        self.left = max(self.left, self._budget // 2)
+        if waiting and not self._turn_scheduled:
+            self._schedule_turn()
 
     async def _sweep(self) -> None:
         """Hang up on clients that went silent or stopped reading (no timer per connection)."""
@@ -136,8 +142,8 @@ class Gateway:
             await asyncio.sleep(period)
             deadline = loop.time() - self.limits.idle_timeout
             for conn in [c for c in self.connections if c.last_active < deadline]:
-                reading = conn.session.waiting_for_reader
-                conn.drop("not reading its replies" if reading else "idle")
+                stalled = conn.session.waiting_for_reader
+                conn.drop("not reading its replies" if stalled else "idle")
 
 
 class ClientConnection(asyncio.Protocol):
