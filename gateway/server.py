@@ -56,7 +56,7 @@ class Gateway:
         self.limits = limits
         self.connections: set[ClientConnection] = set()
         self.loading = False  # listening, but reading nothing: the node is still loading
-        self.turn = 0  # loop turns in which clients had input handled
+        self.turn = 0  # turns so far (see _schedule_turn)
         self.left = turn_budget  # of this turn's budget
         self.share = share
         self._budget = turn_budget
@@ -104,7 +104,7 @@ class Gateway:
     def spend(self, conn: ClientConnection, used: int) -> None:
         conn.share -= used
         self.left -= used
-        if not self._turn_scheduled:
+        if self.left <= self._budget // 2 and not self._turn_scheduled:
             self._schedule_turn()
 
     def wait_turn(self, conn: ClientConnection) -> None:
@@ -113,7 +113,11 @@ class Gateway:
             self._schedule_turn()
 
     def _schedule_turn(self) -> None:
-        """A callback scheduled now runs after this loop turn's IO: the next turn begins."""
+        """A callback scheduled now runs before the next loop iteration's IO: a new turn.
+
+        A turn is one loop iteration or more: one ends only once half its budget is
+        spent or a client waits, so light traffic costs no callback per iteration, and
+        an iteration never does more than a turn allows."""
         self._turn_scheduled = True
         asyncio.get_running_loop().call_soon(self._next_turn)
 
