@@ -99,7 +99,7 @@ class Gateway:
         """What `conn` may handle now: the rest of its share of this turn, within the turn's."""
         if conn.turn != self.turn:
             conn.turn, conn.share = self.turn, self.share
-        return min(conn.share, self.left)
+        return conn.share if conn.share < self.left else self.left
 
     def spend(self, conn: ClientConnection, used: int) -> None:
         conn.share -= used
