@@ -190,7 +190,7 @@ class Session:
         return self._pump([])
 
     def proceed(self) -> list[Action]:
-        """A new loop turn (with a new allowance) after WaitTurn."""
+        """A new turn (and a new allowance) after WaitTurn."""
         self._waiting_turn = False
         return self._pump([])
 
@@ -245,7 +245,7 @@ class Session:
                 self.allowance -= 0 if last is None else LINE_COST + len(last)
             elif type(data) is list:  # the rest of a batch stopped after a WHATSAT
                 lines = data
-            else:  # one read, whole: it is bytes split, not handled; lines are counted
+            else:  # a read: never cut, only the number of lines taken from it is capped
                 room = self.allowance
                 lines, unread = self._splitter.split(data, room // LINE_COST or 1)  # type: ignore[arg-type]
                 if unread:
