@@ -1,7 +1,7 @@
-"""What the gateway needs from a herd node, and nothing more.
+"""What the gateway needs from the server behind it: the node, seen from a client session.
 
-The gateway imports nothing from `zherd`: the node implements this interface,
-so the client side can be read, tested and run against a stand-in on its own.
+The gateway stores nothing and formats no record: the node builds the AT line of an
+IAMAT (it alone knows how a record is kept) and hands back a stored one as a `Fix`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from gateway.protocol import IAmAt
 
 
 class Fix(NamedTuple):
-    """A client's stored location: its AT line (no newline) and where it is."""
+    """A client's stored location, as a WHATSAT answer needs it."""
 
-    at_line: bytes
+    at_line: bytes  # the AT line, without its newline
     lat: float
     lon: float
 
@@ -24,7 +24,7 @@ class Backend(Protocol):
     name: str
 
     def iamat(self, event: IAmAt, received_ns: int) -> bytes:
-        """Record a client's report; the AT line to answer with (no newline)."""
+        """Record a client's fix; its AT line, without the newline."""
 
     def lookup(self, client_id: str) -> Fix | None: ...
 
@@ -36,3 +36,8 @@ class Backend(Protocol):
 
     def note(self, message: str) -> None:
         """Connection events and drops, for the node's log."""
+
+    def replies_waiting(self) -> None:
+        """Replies wait in the gateway: end the loop turn soon. The turn makes its
+        updates durable, then calls `Gateway.send`, so no AT leaves before its update
+        is stored."""

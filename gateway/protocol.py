@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from decimal import Decimal
 from typing import NamedTuple
 
 NS = 1_000_000_000
 MAX_RADIUS_KM = 50.0
 MAX_RESULTS = 20
-_MAX_INT_DIGITS = 20  # far beyond any real POSIX time; bounds the cost of int()
+MAX_ID = 256  # bytes of a client id, unless [limits] max_id says otherwise
+# Digits a number may have (leading zeros included): far beyond any real POSIX time,
+# radius or count, and small enough that int() and float() cost nothing.
+MAX_DIGITS = 20
 
 _COORDS_RE = rb"([+-][0-9]+(?:\.[0-9]+)?)([+-][0-9]+(?:\.[0-9]+)?)"
-_TIME_RE = rb"([+-]?)([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % _MAX_INT_DIGITS
-# The whole IAMAT grammar in one match, the hot path: in a bytes pattern \s is exactly
-# the ASCII whitespace that bytes.split() cuts on.
+_TIME_RE = rb"([+-]?)([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % MAX_DIGITS
+_RADIUS_RE = rb"[0-9]{1,%d}(?:\.[0-9]{1,%d})?" % (MAX_DIGITS, MAX_DIGITS)
+_COUNT_RE = rb"[0-9]{1,%d}" % MAX_DIGITS
+# Each command's whole grammar in one match, the hot path: in a bytes pattern \s is
+# exactly the ASCII whitespace that bytes.split() cuts on. docs/protocol.md has the table.
 _IAMAT = re.compile(rb"\s*IAMAT\s+(\S+)\s+(%s)\s+(%s)\s*" % (_COORDS_RE, _TIME_RE))
-_RADIUS = re.compile(rb"[0-9]{1,10}(?:\.[0-9]{1,10})?")
-_COUNT = re.compile(rb"[0-9]{1,10}")
+_WHATSAT = re.compile(rb"\s*WHATSAT\s+(\S+)\s+(%s)\s+(%s)\s*" % (_RADIUS_RE, _COUNT_RE))
 _NEWLINES = re.compile(rb"\n+")
 
 
@@ -75,34 +80,34 @@ def format_skew(ns: int) -> str:
     return ("-" if ns < 0 else "+") + digits[:-9] + "." + digits[-9:]
 
 
-def parse_line(line: bytes) -> Event:
-    """One command, without its `\\n`. Anything not understood is Invalid(line)."""
+def parse_line(line: bytes, max_id: int = MAX_ID) -> Event:
+    """One command, without its `\\n`. Anything not understood is Invalid(line), and
+    so is a client id longer than `max_id` bytes."""
     try:
         if (m := _IAMAT.fullmatch(line)) is not None:
-            return _iamat(m, line)
-        fields = line.split()
-        if len(fields) == 4 and fields[0] == b"WHATSAT":
-            return _whatsat(fields, line)
+            return _iamat(m, line, max_id)
+        if (m := _WHATSAT.fullmatch(line)) is not None:
+            return _whatsat(m, line, max_id)
     except UnicodeDecodeError:
         pass
     return Invalid(line)
 
 
-def _iamat(m: re.Match[bytes], line: bytes) -> Event:
+def _iamat(m: re.Match[bytes], line: bytes, max_id: int) -> Event:
     client_id, coords, lat_text, lon_text, time, sign, whole, frac = m.groups()
     point = _point(lat_text, lon_text)
-    if point is None:
+    if point is None or len(client_id) > max_id:
         return Invalid(line)
     time_ns = _nanoseconds(sign, whole, frac)
     return IAmAt(client_id.decode(), coords.decode(), time.decode(), time_ns, *point)
 
 
-def _whatsat(fields: list[bytes], line: bytes) -> Event:
-    _, client_id, radius, count = fields
-    if _RADIUS.fullmatch(radius) is None or _COUNT.fullmatch(count) is None:
-        return Invalid(line)
+def _whatsat(m: re.Match[bytes], line: bytes, max_id: int) -> Event:
+    client_id, radius, count = m.groups()
     radius_km, n = float(radius), int(count)
-    if not (0.0 < radius_km <= MAX_RADIUS_KM and 1 <= n <= MAX_RESULTS):
+    if not (radius_km > 0 and _within(radius_km, radius, MAX_RADIUS_KM)):
+        return Invalid(line)
+    if not 1 <= n <= MAX_RESULTS or len(client_id) > max_id:
         return Invalid(line)
     return WhatsAt(client_id.decode(), radius_km, n)
 
@@ -130,27 +135,37 @@ class LineSplitter:
 
     A line longer than the limit comes out once as Invalid(first max_line bytes)
     and the rest of it is skipped up to its newline: memory stays bounded
-    whatever arrives, and a cut line is never mistaken for a command.
+    whatever arrives, and a cut line is never mistaken for a command. A partial
+    line that grows over many reads is appended to, not copied whole each time.
     """
 
-    __slots__ = ("_buf", "_max", "_skipping")
+    __slots__ = ("_buf", "_max", "_skipping", "taken")
 
     def __init__(self, max_line: int) -> None:
-        self._buf = b""
+        self._buf: bytes | bytearray = b""  # the partial line so far
         self._max = max_line
-        self._skipping = False
+        self._skipping = False  # inside a line already answered as too long
+        self.taken = 0  # bytes of the lines the last split returned (with their newlines)
 
     def feed(self, data: bytes) -> list[bytes | Invalid]:
         """Complete lines (without `\\n`) in arrival order."""
-        if self._buf:
-            data = self._buf + data
-        lines: list[bytes | Invalid] = data.split(b"\n")  # type: ignore[assignment]
-        rest: bytes = lines.pop()  # type: ignore[assignment]
-        if self._skipping:
-            if len(lines) == 0:
-                return []
-            del lines[0]  # the tail of a line already answered
-            self._skipping = False
+        return self.split(data, _ALL)[0]
+
+    def split(self, data: bytes, max_lines: int) -> tuple[list[bytes | Invalid], bytes]:
+        """At most `max_lines` complete lines, and the part of `data` left unread."""
+        if self._buf or self._skipping:
+            joined = self._join(data)
+            if type(joined) is not bytes:
+                self.taken = len(joined[0].line) if joined else 0  # type: ignore[union-attr]
+                return joined, b""  # type: ignore[return-value]
+            data = joined
+        lines: list[bytes | Invalid] = data.split(b"\n", max_lines)  # type: ignore[assignment]
+        if len(lines) > max_lines:
+            unread: bytes = lines.pop()  # type: ignore[assignment]
+            rest = b""
+        else:
+            unread = b""
+            rest = lines.pop()  # type: ignore[assignment]
         if len(data) > self._max:  # only then can a line be too long
             lines = [Invalid(ln[: self._max]) if len(ln) > self._max else ln for ln in lines]
             if len(rest) > self._max:
@@ -158,9 +173,35 @@ class LineSplitter:
                 rest = b""
                 self._skipping = True
         self._buf = rest
-        return lines
+        self.taken = len(data) - len(unread) - len(rest)
+        return lines, unread
+
+    def _join(self, data: bytes) -> bytes | list[bytes | Invalid]:
+        """`data` behind the partial line held, once it holds a newline; until then,
+        the lines it makes (none, or the partial line cut at max_line)."""
+        if self._skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return []
+            data = data[end + 1 :]  # the tail of a line already answered
+            self._skipping = False
+        if b"\n" in data:
+            data, self._buf = b"".join((self._buf, data)), b""
+            return data
+        if type(self._buf) is bytes:
+            self._buf = bytearray(self._buf)
+        self._buf += data
+        if len(self._buf) <= self._max:
+            return []
+        cut = bytes(self._buf[: self._max])
+        self._buf = b""
+        self._skipping = True
+        return [Invalid(cut)]
 
     def close(self) -> bytes | None:
         """At end of input: the last command if it had no newline."""
-        rest, self._buf = self._buf, b""
+        rest, self._buf = bytes(self._buf), b""
         return rest or None
+
+
+_ALL = sys.maxsize

@@ -7,8 +7,10 @@ exit with status 0 at the end).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
 import random
 import re
 import socket
@@ -29,6 +31,7 @@ LIMITS = {
     "max_clients": 64,
     "max_pending_output": PENDING,
     "max_inflight": 8,
+    "max_id": 64,
 }
 UCLA = "+34.068930-118.445127"
 WAIT = 30.0  # seconds: generous bound for anything the server should do "soon"
@@ -283,3 +286,213 @@ def test_clients_beyond_max_clients_are_refused_while_the_others_work(herd) -> N
 
 def test_the_server_survived_everything(solo) -> None:
     served(solo)
+
+
+# -- a flood of partial lines ----------------------------------------------------------------------
+
+FLOODERS = 300
+FLOOD_LINE = 64 * 1024  # each sends this much of a line, never its newline, then closes
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+def test_a_flood_of_partial_lines_costs_bounded_memory_and_others_are_answered(herd) -> None:
+    """Hundreds of clients each send 64 KB of a line (bytes no log can print as they are)
+    and close. Work per loop turn is bounded, so what the server holds at once is too:
+    a partial line per client (at most max_line) plus a turn's replies and log record.
+    (Without the turn budget this test saw the server go from 51 MB to a peak of 452 MB.)"""
+    flood = herd(servers=("Flood",), links=(), storage=False)
+    pid = flood.procs["Flood"].pid
+    served(flood, "Flood")
+    before, descriptors = vm_kib(pid, "VmRSS"), open_descriptors(pid)
+    junk = random.Random(64).randbytes(FLOOD_LINE).replace(b"\n", b"\xff")
+    port = flood.port("Flood")
+    with Client(port, timeout=WAIT) as early:  # a client already connected
+        flooders = [socket.create_connection(("127.0.0.1", port)) for _ in range(FLOODERS)]
+        started = time.monotonic()
+        for sock in flooders:
+            sock.sendall(junk)
+            sock.close()
+        reply = early.ask("IAMAT early +1+1 1")
+        early_s = time.monotonic() - started
+    assert reply.startswith("AT Flood ")
+    served(flood, "Flood")  # a client connecting after the flood: behind it to be accepted
+    late_s = time.monotonic() - started
+    wait_until(lambda: open_descriptors(pid) <= descriptors, timeout=WAIT, what="the flood")
+    done_s = time.monotonic() - started
+    peak = vm_kib(pid, "VmHWM")
+    print(
+        f"\n{FLOODERS} x {FLOOD_LINE} B partial lines: a client connected before answered "
+        f"after {early_s:.2f} s, one connecting after after {late_s:.2f} s, all handled after "
+        f"{done_s:.2f} s; RSS {before} KiB before, peak {peak} KiB"
+    )
+    # What the flood may cost: a partial line per client (at most max_line, 64 KiB) and a
+    # few turns of work in flight: replies, and log records of bytes escaped four to a
+    # byte (at most 1.5 x 256 Ki of input per turn). 64 MiB is generous; the allocator
+    # does not give everything back at once.
+    bound = FLOODERS * FLOOD_LINE // 1024 + 64 * 1024
+    assert peak - before < bound, f"RSS {before} KiB, peak {peak} KiB: more than {bound} KiB"
+    served(flood, "Flood")
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# -- time, ids and numbers, end to end ------------------------------------------------------------
+
+
+def test_a_fix_from_more_than_max_future_ahead_is_refused_and_stored_nowhere(solo) -> None:
+    cid = uid("future")
+    now = time.time()
+    ahead = f"{int(now) + 86_400 + 600}.0"  # a day and ten minutes ahead
+    soon = f"{int(now) + 3_600}.0"  # an hour ahead: a phone with a wrong time zone
+    with solo.client("Solo") as c:
+        assert c.ask(f"IAMAT {cid} +1+1 {ahead}") == f"? IAMAT {cid} +1+1 {ahead}\n"
+        assert c.ask(f"WHATSAT {cid} 1 1") == f"? WHATSAT {cid} 1 1\n"
+        assert c.ask(f"IAMAT {cid} +1+1 {soon}").startswith("AT Solo -")
+        assert c.ask(f"WHATSAT {cid} 1 1").startswith("AT Solo -")
+
+
+def test_client_ids_up_to_max_id_bytes(solo) -> None:
+    long_id, longest = "i" * 65, "é" * 32  # max_id = 64 bytes: 65 bytes, then 64 in 32 letters
+    with solo.client("Solo") as c:
+        assert c.ask(f"IAMAT {long_id} +1+1 1") == f"? IAMAT {long_id} +1+1 1\n"
+        assert c.ask(f"WHATSAT {long_id} 1 1") == f"? WHATSAT {long_id} 1 1\n"
+        assert c.ask(f"IAMAT {longest} +1+1 1").startswith("AT Solo ")
+        assert c.ask(f"IAMAT {longest}é +1+1 1") == f"? IAMAT {longest}é +1+1 1\n"
+
+
+def test_whatsat_numbers_with_leading_zeros_and_many_decimals(solo) -> None:
+    cid = uid("seed")
+    with solo.client("Solo") as c:
+        at = c.ask(f"IAMAT {cid} {UCLA} 1")
+        for radius, count in (("0.00000000001", "1"), ("00000000010", "1"), ("10", "00020")):
+            reply = c.ask(f"WHATSAT {cid} {radius} {count}")
+            assert reply.startswith(at) and reply.endswith("}\n\n"), (radius, count)
+        assert c.ask(f"WHATSAT {cid} 50.000000000000000000001 1").startswith("? ")
+
+
+# -- the limits in topology.toml ---------------------------------------------------------------
+
+
+def test_max_future_and_max_id_are_read_from_limits() -> None:
+    from zherd.config import ConfigError, parse
+
+    servers = {"A": {"port": 13000, "bus_port": 13001}}
+    limits = parse({"servers": servers}, Path("t.toml")).limits
+    assert (limits.max_future, limits.max_id) == (86_400.0, 256)
+    raw = {"servers": servers, "limits": {"max_future": 60, "max_id": 4096, "max_line": 4096}}
+    limits = parse(raw, Path("t.toml")).limits
+    assert (limits.max_future, limits.max_id) == (60, 4096)
+    for bad, words in (
+        ({"max_id": 65537}, "max_id must be at most max_line (65536)"),
+        ({"max_id": 0}, "max_id must be greater than 0"),
+        ({"max_future": -1}, "max_future must be a number >= 0"),
+        ({"max_future": "1d"}, "max_future must be a number"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            parse({"servers": servers, "limits": bad}, Path("t.toml"))
+
+
+# -- the turn budget, on a real event loop with transports that only record -------------------
+
+
+class RecordingTransport:
+    """What ClientConnection needs of a transport: writes kept, reading on or paused."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.out = bytearray()
+        self.reading = True
+        self.closing = False
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", self.port)
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+
+class CountingBackend:
+    name = "T"
+
+    def __init__(self) -> None:
+        self.iamats = 0
+
+    def iamat(self, event, received_ns: int) -> bytes:
+        self.iamats += 1
+        return f"AT T +0.000000000 {event.client_id} {event.coords} {event.time}".encode()
+
+    def lookup(self, client_id: str) -> None:
+        return None
+
+    def trace(self, peer: str, received, sent: bytes) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+    def replies_waiting(self) -> None:
+        """As the node's turn does: replies leave once the turn is over (its commit)."""
+        asyncio.get_running_loop().call_soon(self.gateway.send)
+
+
+async def test_a_loop_turn_handles_a_bounded_amount_and_every_client_gets_through() -> None:
+    from gateway.limits import Limits as GatewayLimits
+    from gateway.server import SHARE, TURN_BUDGET, ClientConnection, Gateway
+    from gateway.session import LINE_COST
+
+    backend = CountingBackend()
+    gateway = backend.gateway = Gateway(backend, GatewayLimits())  # type: ignore[arg-type]
+    clients = []
+    for port in range(100):
+        conn = ClientConnection(gateway)
+        transport = RecordingTransport(port)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        clients.append((conn, transport))
+    lines = [f"IAMAT c{i} +1+1 {i}\n".encode() for i in range(2000)]
+    read = b"".join(lines)  # ~40 KB: each client pipelines 2,000 IAMATs in one read
+    for conn, transport in clients:  # one loop turn: every client's read arrives
+        assert transport.reading
+        conn.data_received(read)
+    cost = len(lines[0]) + LINE_COST  # what an IAMAT costs, give or take a digit
+    assert backend.iamats * cost <= TURN_BUDGET + SHARE + len(read) + len(lines) * LINE_COST
+    assert backend.iamats < len(clients) * len(lines) // 10  # most of it waits
+    assert all(not t.reading for c, t in clients if t.out.count(b"\n") < len(lines))
+    turns = 0
+    while backend.iamats < len(clients) * len(lines):
+        turns += 1
+        assert turns < 10_000, "a client never got through"
+        before = backend.iamats
+        await asyncio.sleep(0)  # one loop turn: waiting clients go on
+        handled = (backend.iamats - before) * cost
+        assert handled <= 3 * TURN_BUDGET // 2 + SHARE + len(read) + len(lines) * LINE_COST
+    await asyncio.sleep(0)  # the last turn ends: its replies leave (after its commit)
+    expected = b"".join(b"AT T +0.000000000 " + line[6:] for line in lines)
+    for _, transport in clients:
+        assert bytes(transport.out) == expected
+        assert transport.reading
+    print(f"\n{len(clients)} x {len(lines)} pipelined IAMATs: {turns} loop turns")

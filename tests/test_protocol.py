@@ -14,20 +14,32 @@ from typing import Any
 import pytest
 
 from gateway.protocol import (
+    MAX_ID,
     NS,
     IAmAt,
     Invalid,
     LineSplitter,
-    Location,
     WhatsAt,
-    format_at,
     format_invalid,
     format_skew,
     format_whatsat,
-    locate,
-    location_from_wire,
     parse_line,
 )
+from zherd import record
+
+FAR = 2**62  # no time bound in these checks
+
+
+def locate(event: IAmAt, server: str, received_ns: int) -> bytes:
+    """The record an IAMAT makes at the server that heard it (as the node builds it)."""
+    skew = record.format_skew(received_ns - event.time_ns)
+    return record.make(server, skew, event.client_id, event.coords, event.time)
+
+
+def accepted_by_a_neighbor(line: bytes, origin: str) -> bool:
+    valid = record.check(line, frozenset({origin.encode()}), FAR, MAX_ID)
+    return isinstance(valid, record.Valid)
+
 
 EXAMPLE = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1400794645.392014450"
 
@@ -86,8 +98,7 @@ def test_client_id_is_any_run_of_non_whitespace(client_id: str) -> None:
     line = f"IAMAT {client_id} +1-1 1".encode()
     event = iamat(line)
     assert event.client_id == client_id
-    loc = locate(event, "S", 0)
-    assert location_from_wire(loc[:5]) == loc  # neighbors accept every id the gateway does
+    assert accepted_by_a_neighbor(locate(event, "S", 0), "S")  # every id the gateway takes
 
 
 @pytest.mark.parametrize(
@@ -176,7 +187,7 @@ def test_bad_times_are_invalid(text: str) -> None:
 
 
 def at_reply(line: bytes, server: str, received_ns: int) -> bytes:
-    return format_at(locate(iamat(line), server, received_ns))
+    return record.at_line(locate(iamat(line), server, received_ns))
 
 
 def test_at_reply_example_from_the_paper() -> None:
@@ -230,18 +241,22 @@ def test_echo_keeps_the_client_text_not_a_normalized_number() -> None:
 
 
 def test_locate_records_origin_and_parsed_fields() -> None:
-    loc = locate(iamat(EXAMPLE), "Alford", 1400794645392014450 - 12_000)
-    assert loc == Location(
+    line = locate(iamat(EXAMPLE), "Alford", 1400794645392014450 - 12_000)
+    assert record.Record.parse(line) == record.Record(
+        "Alford",
+        "-0.000012000",
         "kiwi.cs.ucla.edu",
         "+34.068930-118.445127",
         "1400794645.392014450",
-        "Alford",
-        "-0.000012000",
+    )
+    assert record.fields(line) == (
+        b"kiwi.cs.ucla.edu",
+        b"Alford",
         1400794645392014450,
         34.06893,
         -118.445127,
     )
-    assert location_from_wire(loc[:5]) == loc  # what a client may send, a neighbor accepts
+    assert accepted_by_a_neighbor(line, "Alford")  # what a client may send, a neighbor accepts
 
 
 @pytest.mark.parametrize(
@@ -453,3 +468,116 @@ def test_splitter_feeding_nothing_is_harmless() -> None:
     assert s.feed(b"") == []
     assert s.feed(b"\n") == [b"ab"]
     assert feed_all(s, [b"", b"x\n", b""]) == [b"x"]
+
+
+# The number grammar, at each edge (docs/protocol.md has the table)
+
+DIGITS20 = "0" * 18 + "50"  # 20 digits, leading zeros included
+
+
+@pytest.mark.parametrize(
+    ("radius", "km"),
+    [
+        ("0.00000000001", 1e-11),  # 11 decimals
+        ("00000000010", 10.0),  # 11 digits with leading zeros
+        ("0." + "0" * 19 + "1", 1e-20),  # 20 decimals: the smallest radius there is
+        ("1", 1.0),
+        ("50", 50.0),
+        ("50." + "0" * 20, 50.0),
+        (DIGITS20, 50.0),
+        (DIGITS20 + "." + "0" * 20, 50.0),
+        ("49." + "9" * 20, 50.0),  # rounds to 50.0 as a float, and is within (0, 50]
+        ("007.25", 7.25),
+    ],
+)
+def test_whatsat_radius_any_decimal_in_0_to_50_up_to_20_digits_each_side(
+    radius: str, km: float
+) -> None:
+    assert parse_line(f"WHATSAT seed {radius} 1".encode()) == WhatsAt("seed", km, 1)
+
+
+@pytest.mark.parametrize(
+    "radius",
+    [
+        "0",
+        "0." + "0" * 20,
+        "0" * 20,
+        "0." + "0" * 20 + "1",  # 21 decimals
+        "0" + DIGITS20,  # 21 digits, though it is 50
+        "50." + "0" * 19 + "1",  # just over 50, though a float would round it to 50
+        "50.00000000000000000001",
+        "51",
+        "1e1",
+        "1.",
+        ".5",
+        "+1",
+        "-1",
+        "1_0",
+        "\u0661",  # ARABIC-INDIC DIGIT ONE
+    ],
+)
+def test_whatsat_radius_outside_the_grammar_is_invalid(radius: str) -> None:
+    line = f"WHATSAT seed {radius} 1".encode()
+    assert parse_line(line) == Invalid(line)
+
+
+@pytest.mark.parametrize(
+    ("count", "n"), [("1", 1), ("20", 20), ("01", 1), ("0" * 18 + "20", 20), ("0" * 19 + "7", 7)]
+)
+def test_whatsat_count_an_integer_in_1_to_20_up_to_20_digits(count: str, n: int) -> None:
+    assert parse_line(f"WHATSAT seed 1 {count}".encode()) == WhatsAt("seed", 1.0, n)
+
+
+@pytest.mark.parametrize(
+    "count", ["0", "00", "21", "0" * 20 + "1", "1.0", "+1", "-1", "1e1", "20.", "", "٢"]
+)
+def test_whatsat_count_outside_the_grammar_is_invalid(count: str) -> None:
+    line = f"WHATSAT seed 1 {count}".encode()
+    assert parse_line(line) == Invalid(line)
+
+
+def test_time_up_to_20_integer_digits_and_9_decimals() -> None:
+    assert iamat(f"IAMAT c +0+0 {'0' * 19}1.123456789".encode()).time_ns == NS + 123456789
+    for text in ("0" * 21, "1" * 21, "1.1234567890"):
+        line = f"IAMAT c +0+0 {text}".encode()
+        assert parse_line(line) == Invalid(line)
+
+
+@pytest.mark.parametrize("command", ["IAMAT {} +1+1 1", "WHATSAT {} 1 1"])
+def test_client_id_of_max_id_bytes_is_taken_one_more_is_not(command: str) -> None:
+    assert not isinstance(parse_line(command.format("i" * MAX_ID).encode()), Invalid)
+    line = command.format("i" * (MAX_ID + 1)).encode()
+    assert parse_line(line) == Invalid(line)
+    assert not isinstance(parse_line(line, max_id=MAX_ID + 1), Invalid)  # the limit is a setting
+    multibyte = command.format("€" * (MAX_ID // 3 + 1)).encode()  # 3 bytes each: over by bytes
+    assert parse_line(multibyte) == Invalid(multibyte)
+
+
+def test_a_huge_line_of_fields_is_not_split_into_fields() -> None:
+    """Parsing never makes an object per field: a line of 30,000 fields costs one match."""
+    line = b"WHATSAT " + b"x " * 30_000
+    assert parse_line(line) == Invalid(line)
+
+
+# LineSplitter.split: stopping after a number of lines
+
+
+def test_split_returns_at_most_max_lines_and_the_rest_unread() -> None:
+    s = LineSplitter(1024)
+    assert s.split(b"a\nb\nc\nd", 2) == ([b"a", b"b"], b"c\nd")
+    assert s.split(b"c\nd", 2) == ([b"c"], b"")
+    assert s.close() == b"d"
+
+
+def test_split_with_a_partial_line_held_keeps_it_in_front() -> None:
+    s = LineSplitter(1024)
+    assert s.split(b"IAM", 1) == ([], b"")
+    assert s.split(b"AT\nx\ny\n", 1) == ([b"IAMAT"], b"x\ny\n")
+
+
+def test_a_partial_line_growing_over_many_reads_is_not_copied_whole_each_time() -> None:
+    s = LineSplitter(1 << 20)
+    for _ in range(1000):
+        assert s.feed(b"x" * 1000) == []
+    assert isinstance(s._buf, bytearray)  # appended in place (amortized), not bytes + bytes
+    assert s.feed(b"\n") == [b"x" * 1_000_000]

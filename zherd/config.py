@@ -279,8 +279,12 @@ def _limits(raw: Mapping[str, Any], where: str) -> Limits:
     at = f"{where}: [limits]"
     d = Limits()
     _known(raw, set(d.__dataclass_fields__), at)
+    max_line = int(_positive(raw, "max_line", d.max_line, at, integer=True))
+    max_id = int(_positive(raw, "max_id", d.max_id, at, integer=True))
+    if max_id > max_line:
+        raise ConfigError(f"{at}: max_id must be at most max_line ({max_line}), not {max_id}")
     return Limits(
-        max_line=int(_positive(raw, "max_line", d.max_line, at, integer=True)),
+        max_line=max_line,
         idle_timeout=_positive(raw, "idle_timeout", d.idle_timeout, at),
         max_clients=int(_positive(raw, "max_clients", d.max_clients, at, integer=True)),
         max_pending_output=int(
@@ -288,7 +292,7 @@ def _limits(raw: Mapping[str, Any], where: str) -> Limits:
         ),
         max_inflight=int(_positive(raw, "max_inflight", d.max_inflight, at, integer=True)),
         max_future=_positive(raw, "max_future", d.max_future, at),
-        max_id=int(_positive(raw, "max_id", d.max_id, at, integer=True)),
+        max_id=max_id,
     )
 
 
