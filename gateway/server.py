@@ -63,7 +63,6 @@ class Gateway:
         self._turn_scheduled = False
         self._waiting: deque[ClientConnection] = deque()  # for a turn, first come first served
         self._server: asyncio.Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
         self._outbox: list[ClientConnection] = []  # connections with replies to send
 
     def send(self) -> None:
@@ -83,7 +82,6 @@ class Gateway:
         self._server = await loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True, backlog=4096
         )
-        self._sweeper = asyncio.create_task(self._sweep())
 
     def hold(self) -> None:
         """Accept clients but read nothing until `release`, so no answer comes from a
@@ -96,8 +94,6 @@ class Gateway:
             conn.step(conn.session.loaded)
 
     async def close(self) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
         if self._server:
             self._server.close()
         for conn in list(self.connections):
@@ -151,8 +147,9 @@ class Gateway:
         if waiting and not self._turn_scheduled:
             self._schedule_turn()
 
-    async def _sweep(self) -> None:
-        """Hang up on clients that went silent or stopped reading (no timer per connection)."""
+    async def sweep(self) -> None:
+        """Hang up on clients that went silent or stopped reading (no timer per connection).
+        Runs until cancelled, in the task group of whoever owns the gateway."""
         loop = asyncio.get_running_loop()
         period = min(1.0, self.limits.idle_timeout / 4)
         while True:

@@ -207,7 +207,10 @@ class Node:
             bus.start()
             self.replicator.start(loop.time(), self.links.send)
             self.turn.soon()
-            background = [tasks.create_task(self.links.heartbeats())]
+            background = [
+                tasks.create_task(self.links.heartbeats()),
+                tasks.create_task(self.gateway.sweep()),
+            ]
             if self.disk is not None and self.disk.fsync == "everysec":
                 background.append(tasks.create_task(self._sync_every_second()))
             self.loaded = True
