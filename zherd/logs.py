@@ -34,6 +34,8 @@ _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 def escape(text: str) -> str:
     """`text` with every control character written out, so it stays one line."""
+    if text.isprintable():  # the common case, decided in C: no control character at all
+        return text
     return text.translate(_ESCAPES)
 
 
