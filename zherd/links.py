@@ -133,11 +133,30 @@ def describe(prefix: str, message: wire.Message) -> list[str]:
         head = f"{prefix}: updates ({message.first}, {message.last}] epoch {message.epoch:x}"
         if message.bulk:
             return [f"{head}: catch-up, {len(message.records)} records"]
-        return [head] + [f"{prefix}:   {_shown_record(r)}" for r in message.records]
+        return [head, *_record_lines(f"{prefix}:   ", message.records)]
     if isinstance(message, wire.Sync):
         known = f"{message.known_seq} of epoch {message.known_epoch:x}"
         return [f"{prefix}: sync from epoch {message.epoch:x}, holding {known}"]
     return [f"{prefix}: {message}"]
+
+
+def _record_lines(head: str, records: tuple[object, ...]) -> list[str]:
+    """`head` + each record as its AT line. One decode for the whole message (the hot
+    path of a busy server's log); a record that is long, not text, or holds a control
+    character is shown the careful way."""
+    try:
+        lines = b"\n".join(records).decode("utf-8", "backslashreplace").split("\n")  # type: ignore[arg-type]
+    except TypeError:  # not all bytes
+        lines = []
+    if len(lines) != len(records):
+        return [head + _shown_record(r) for r in records]
+    limit = logs.MAX_LOGGED
+    return [
+        f"{head}AT {line}"
+        if len(line) <= limit and line.isprintable()
+        else head + _shown_record(record)
+        for line, record in zip(lines, records, strict=True)
+    ]
 
 
 def _shown_record(record: object) -> str:
