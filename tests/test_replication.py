@@ -161,7 +161,7 @@ class Herd:
         self, name: str, client: str, time: str, coords: str = "+34.068930-118.445127"
     ) -> bytes:
         """A client's IAMAT heard by `name`, recorded as the node would."""
-        event = parse_line(f"IAMAT {client} {coords} {time}".encode())
+        event = parse_line(f"IAMAT {client} {coords} {time}".encode(), max_id=MAX_ID)
         assert isinstance(event, IAmAt)
         record = make(name, format_skew(1000), event.client_id, event.coords, event.time)
         self.nodes[name].store.put(
