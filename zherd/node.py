@@ -213,6 +213,9 @@ class Node:
             )
             self.replicator.forget()
             ancestors: dict[int, int] = {}
+            # Rewrite what was read intact: appending after a damaged frame would hide
+            # every later frame from the next start.
+            self.disk.compact(list(self.locations), self._meta())
         else:
             self.replicator.restore(meta.cursors, {})
             ancestors = {e: min(s, head) for e, s in meta.ancestors.items()}
