@@ -36,3 +36,8 @@ class Backend(Protocol):
 
     def note(self, message: str) -> None:
         """Connection events and drops, for the node's log."""
+
+    def replies_waiting(self) -> None:
+        """Replies wait in the gateway: end the loop turn soon. The turn writes its
+        updates to disk, then calls `Gateway.send`, so no AT leaves before its update
+        is stored."""

@@ -51,6 +51,7 @@ class Gateway:
         self.limits = limits
         self.connections: set[ClientConnection] = set()
         self.held = False  # listening, but not reading yet: the node is still loading
+        self.outbox: list[ClientConnection] = []  # connections with replies for `send`
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -70,6 +71,13 @@ class Gateway:
         self.held = False
         for conn in list(self.connections):
             conn.resume()
+
+    def send(self) -> None:
+        """Write the replies of this loop turn, one write per connection. The node calls
+        this once the turn's updates are on disk: an AT promises the update survives."""
+        outbox, self.outbox = self.outbox, []
+        for conn in outbox:
+            conn.send()
 
     async def close(self) -> None:
         if self._sweeper:
@@ -111,6 +119,8 @@ class ClientConnection(asyncio.Protocol):
         # lines waiting for room: behind the WHATSAT cap, a client not reading, a loading node
         self._held: tuple[list[bytes | Invalid], int] | None = None
         self._eof = False
+        self._out: list[bytes] = []  # replies of this turn, written by `Gateway.send`
+        self._close_after_send = False
         self._loop = asyncio.get_running_loop()
 
     # asyncio callbacks
@@ -262,15 +272,30 @@ class ClientConnection(asyncio.Protocol):
             self._read_on()
             self._handle(lines, received_ns)
         if self._eof and not queue and self._held is None and not self.transport.is_closing():
-            self.transport.close()
+            if self._out:
+                self._close_after_send = True
+            else:
+                self.transport.close()
         return sent
 
     def _write(self, data: bytes) -> None:
+        """Queue replies for the end of the turn (`Gateway.send`)."""
+        if not data or self.transport.is_closing():
+            return
+        if not self._out:
+            self.gateway.outbox.append(self)
+            self.node.replies_waiting()
+        self._out.append(data)
+
+    def send(self) -> None:
+        data, self._out = b"".join(self._out), []
         if not data or self.transport.is_closing():
             return
         self.transport.write(data)
         if self.transport.get_write_buffer_size() > self.limits.max_pending_output:
             self.drop("not reading its replies")
+        elif self._close_after_send:
+            self.transport.close()
 
     def drop(self, why: str) -> None:
         self.node.note(f"client {self.peer} dropped: {why}")

@@ -79,7 +79,7 @@ class Node:
             self.turn.soon,
             rules.max_future_ns,
         )
-        self.turn.steps = [self._commit, self.links.flush, self.journal.write]
+        self.turn.steps = [self._commit, self.gateway.send, self.links.flush, self.journal.write]
         self.places: PlacesProvider = make_provider(topology.places)
         self.loaded = False
         self.stopping = False
@@ -121,6 +121,9 @@ class Node:
 
     def note(self, message: str) -> None:
         self.journal.add(logs.escape(message))
+        self.turn.soon()
+
+    def replies_waiting(self) -> None:
         self.turn.soon()
 
     # the turn
@@ -247,6 +250,7 @@ class Node:
     async def _shutdown(self) -> None:
         """Clients first, then a last turn (commit, flush), then disk, bus, places."""
         logger.info(f"{self.name} shutting down")
+        self.turn.end()  # replies already made leave (after their commit) before clients go
         await self.gateway.close()
         self.turn.end()
         if self.disk is not None:
