@@ -126,6 +126,10 @@ class Disk:
         stops it with one clear line instead of failing later."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # exist_ok still raises for a file in the folder's place
+            why = "a file is in its place" if isinstance(e, FileExistsError) else e.strerror
+            raise StorageError(f"storage {self.folder}: cannot make the folder: {why}") from None
+        try:
             traces = [p.exists() for p in (self.log_path, self.old_path, self.snapshot_path)]
             self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             if not any(traces):  # a first start
