@@ -46,7 +46,9 @@ def snapshot(node: Node) -> dict[str, Any]:
             "epoch": f"{inbound.peer_epoch:x}",
             "position": inbound.seq,  # how far its stream is applied here
             "our_stream_sent_to": out.tip,
-            "lag": max(0, node.locations.head - out.tip) if out.cursor is not None else None,
+            # what is left to send: updates that came from this neighbor are never sent
+            # back to it, so its tip may stay behind our head with nothing owed
+            "lag": max(0, node.locations.head - out.cursor) if out.cursor is not None else None,
             "last_heard_s": heard,
             **link.as_dict(),
         }
