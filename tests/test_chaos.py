@@ -28,7 +28,8 @@ from zherd.harness import PAPER_SERVERS, Client, Herd, wait_until
 
 MOVERS = 4  # client threads
 CLIENTS_EACH = 250  # client ids per thread, moved round-robin
-NEW_SHARE = 0.25  # of the updates, the first (and only) fix of a new client
+NEW_SHARE = 0.25  # of the updates, the first (and only) fix of a new client ...
+NEW_MAX = 40_000  # ... up to about this many in a run (each is checked on every server)
 RATE_EACH = 600.0  # IAMATs per second per thread, at most
 BATCH = 25  # IAMATs pipelined per request
 SWITCH_EVERY = 40  # batches before a thread moves to another random server
@@ -78,6 +79,7 @@ class Mover(threading.Thread):
         seq, batches, client, server = 0, 0, None, ""
         t0 = time.monotonic()
         limit = int(RATE_EACH * (self.seconds + 5))
+        new_share = min(NEW_SHARE, NEW_MAX / (MOVERS * limit))
         try:
             while seq < limit and not self.stop.is_set():
                 if client is None or batches % SWITCH_EVERY == 0:
@@ -88,7 +90,7 @@ class Mover(threading.Thread):
                         continue
                 lines = []
                 for _ in range(BATCH):
-                    fresh = rng.random() < NEW_SHARE  # its one fix must be found at the end
+                    fresh = rng.random() < new_share  # its one fix must be found at the end
                     cid = f"chaos-{self.index}-new-{seq}" if fresh else ids[seq % len(ids)]
                     when = f"{BASE_TIME + seq}.500000000"  # newer at every move
                     lines.append(f"IAMAT {cid} {coords(seq)} {when}")

@@ -176,6 +176,15 @@ def test_a_restart_from_storage_is_sent_only_what_it_missed(tmp_path: Path) -> N
         a_to_b = status(herd, "A")["neighbors"]["B"]
         assert RESUME_MISSED <= b_from_a["records_in"] <= 2 * RESUME_MISSED, b_from_a
         assert a_to_b["full_resends"] == full_before, a_to_b
+        # and the link is live again: a few more reach B, and neither end owes the other
+        live = newest(
+            send_all(
+                herd.port("A"), [iamat(f"live-{i}", 2 * RESUME_CLIENTS + i) for i in range(10)]
+            )
+        )
+        converge(herd, ["B"], live, "live updates after the catch-up")
+        lags = {"A to B": herd.link("A", "B")["lag"], "B to A": herd.link("B", "A")["lag"]}
+        assert lags == {"A to B": 0, "B to A": 0}, lags
         assert missing_any(herd, "B", expected, sample=500) == {}
 
 
