@@ -19,6 +19,43 @@ import pytest
 from zherd.harness import PAPER_LINKS, PAPER_SERVERS, Herd
 
 MakeHerd = Callable[..., Herd]
+CHAOS_SLACK = 240.0  # seconds a chaos test may take beyond its schedule (start, converge)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("zherd")
+    group.addoption(
+        "--chaos-seconds",
+        type=float,
+        default=60.0,
+        help="how long tests/test_chaos.py kills and restarts servers under load (default 60)",
+    )
+    group.addoption(
+        "--chaos-seed",
+        type=int,
+        default=None,
+        help="the chaos schedule's random seed (default: a new one, printed)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A chaos test's timeout follows --chaos-seconds (pytest-timeout reads it before setup)."""
+    seconds = config.getoption("--chaos-seconds")
+    for item in items:
+        if "chaos_seconds" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(seconds + CHAOS_SLACK))
+
+
+@pytest.fixture
+def chaos_seconds(request: pytest.FixtureRequest) -> float:
+    """How long a chaos test runs its schedule (`--chaos-seconds`)."""
+    return float(request.config.getoption("--chaos-seconds"))
+
+
+@pytest.fixture
+def chaos_seed(request: pytest.FixtureRequest) -> int | None:
+    """The chaos schedule's seed if one was given (`--chaos-seed`)."""
+    return request.config.getoption("--chaos-seed")
 
 
 @pytest.fixture(scope="session")

@@ -16,26 +16,21 @@ import random
 import re
 import signal
 import socket
-import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 import zmq
 
 from zherd import keys
-from zherd.harness import (
-    PAPER_LINKS,
-    Client,
-    Herd,
-    held_at,
-    records_received,
-    topology_toml,
-    wait_until,
-)
+from zherd.disk import Disk
+from zherd.harness import PAPER_LINKS, Client, Herd, topology_toml, wait_until
+from zherd.locations import record_of
+from zherd.record import client_of
 
 BASE_TIME = 1_700_000_000  # client times: every test counts up from here
 CATCH_UP = 60.0  # seconds a herd may take to converge on a busy 2-core machine
@@ -71,6 +66,25 @@ def send_all(port: int, lines: Sequence[str], chunk: int = 200) -> list[str]:
     return replies
 
 
+def known(port: int, ids: Sequence[str], chunk: int = 200) -> dict[str, str | None]:
+    """WHATSAT every id (pipelined): its stored AT line, or None for `? ...`."""
+    out: dict[str, str | None] = {}
+    with Client(port, timeout=30) as c:
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            c.send("".join(f"WHATSAT {cid} 10 1\n" for cid in part))
+            for cid in part:
+                first = c.line().rstrip("\n")
+                if first.startswith("AT "):
+                    c.read_until(b"\n\n")  # the places JSON
+                    assert first.split()[3] == cid, (cid, first)
+                    out[cid] = first
+                else:
+                    assert first == f"? WHATSAT {cid} 10 1", (cid, first)
+                    out[cid] = None
+    return out
+
+
 def newest(replies: Iterable[str]) -> dict[str, str]:
     """Client id -> the AT line of its newest fix (client time; ties by origin name)."""
     best: dict[str, tuple[tuple[int, str], str]] = {}
@@ -85,7 +99,7 @@ def newest(replies: Iterable[str]) -> dict[str, str]:
 
 def missing(port: int, expected: dict[str, str]) -> dict[str, tuple[str, str | None]]:
     """Clients whose stored AT line at `port` is not the expected one: id -> (want, got)."""
-    got = held_at(port, list(expected))
+    got = known(port, list(expected))
     return {cid: (want, got[cid]) for cid, want in expected.items() if got[cid] != want}
 
 
@@ -112,31 +126,45 @@ def log_count(herd: Herd, name: str, pattern: str, since: int = 0) -> int:
     return len(re.findall(pattern, herd.log(name)[since:]))
 
 
+def status(herd: Herd, name: str, timeout: float = 30.0) -> dict[str, Any]:
+    """A server's `/status` once it answers and has read its store back (healthy).
+
+    The endpoint starts just after the server accepts clients, and a server reads
+    its store after that: both are waited for, so what it says is about a whole store."""
+
+    def healthy() -> dict[str, Any] | None:
+        try:
+            got = herd.status(name)
+        except OSError:  # not listening yet (URLError is an OSError)
+            return None
+        return got if got["healthy"] else None
+
+    return wait_until(healthy, timeout, interval=0.05, what=f"{name} to be healthy")
+
+
 def restored(herd: Herd, name: str) -> int:
-    """The location count of the newest 'locations restored' line in a server's log.
-
-    A server accepts clients before it reads its file, so wait until every start in
-    the log has its restore line."""
-
-    def counts() -> list[str] | None:
-        log = herd.log(name)
-        found = re.findall(r"storage \S+: (\d+) locations restored", log)
-        return found if found and len(found) == log.count("accepting clients") else None
-
-    return int(wait_until(counts, timeout=30, what=f"{name} to restore its store")[-1])
+    """How many locations a server read back from its storage when it started."""
+    return int(status(herd, name)["restored"])
 
 
-def committed(path: Path) -> int:
-    """Rows in a server's SQLite file as a fresh reader sees them (only committed batches)."""
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return db.execute("SELECT count(*) FROM locations").fetchone()[0]
-    except sqlite3.OperationalError:  # created but no schema yet
-        return 0
-    finally:
-        db.close()
+def link_state(herd: Herd, name: str, peer: str, state: str, timeout: float = 30.0) -> None:
+    """Wait until `name` says its neighbor `peer` is `state` ("up" or "down")."""
+    wait_until(
+        lambda: status(herd, name)["neighbors"][peer]["state"] == state,
+        timeout,
+        interval=0.05,
+        what=f"{name} to see {peer} {state}",
+    )
+
+
+def records_in(herd: Herd, name: str, peer: str) -> int:
+    """Records `name` has received from `peer` since it started (live and catch-up)."""
+    return int(status(herd, name)["neighbors"][peer]["records_in"])
+
+
+def on_disk(var: Path, name: str) -> int:
+    """Clients in a server's storage files as a fresh reader sees them (what a SIGKILL keeps)."""
+    return len({client_of(record_of(e)) for e in Disk(var, name).load().entries})
 
 
 class Feeder(threading.Thread):
@@ -190,7 +218,7 @@ def test_sigkill_parker_under_load_loses_nothing(tmp_path: Path, storage: bool) 
 
     3000 IAMATs over 1200 clients go to Alford at ~300/s; Parker is killed after
     a third, stays down at least until Alford declares it dead and until two
-    thirds were sent, then restarts (with its SQLite file, or empty with
+    thirds were sent, then restarts (with its storage, or empty with
     --no-storage). Every IAMAT is acked, and Hamilton, Parker, Bolden and Powell
     end with every client's newest AT line, including the hundreds of clients
     whose last fix was sent while Parker was down (only catch-up carries those).
@@ -204,23 +232,18 @@ def test_sigkill_parker_under_load_loses_nothing(tmp_path: Path, storage: bool) 
             wait_until(lambda: len(feeder.replies) >= KILL_UPDATES // 3 or feeder.error, 60)
             # the stream reaches Hamilton through Parker: the kill cuts a live flow
             wait_until(
-                lambda: None not in held_at(herd.port("Hamilton"), ids[:100]).values(),
+                lambda: None not in known(herd.port("Hamilton"), ids[:100]).values(),
                 CATCH_UP,
                 interval=0.1,
                 what="Hamilton to hear the first clients",
             )
             assert herd.kill("Parker", signal.SIGKILL) == -signal.SIGKILL
             killed_at = len(feeder.replies)
+            link_state(herd, "Alford", "Parker", "down")
             wait_until(
-                lambda: (
-                    (
-                        "neighbor Parker disconnected" in herd.log("Alford")
-                        and len(feeder.replies) >= 2 * KILL_UPDATES // 3
-                    )
-                    or feeder.error
-                ),
+                lambda: len(feeder.replies) >= 2 * KILL_UPDATES // 3 or feeder.error,
                 60,
-                what="Alford to notice Parker is gone while the load goes on",
+                what="the load to go on while Parker is down",
             )
             herd.start("Parker", storage=storage)
             restarted_at = len(feeder.replies)
@@ -238,9 +261,10 @@ def test_sigkill_parker_under_load_loses_nothing(tmp_path: Path, storage: bool) 
         assert len(only_while_down) >= 50, "the test must exercise catch-up, not live flow"
         converge(herd, ["Hamilton", "Parker", "Bolden", "Powell"], expected, "after restart")
         if storage:
-            assert restored(herd, "Parker") > 0, "Parker restarts from its own file"
+            assert restored(herd, "Parker") > 0, "Parker restarts from its own storage"
         else:
-            assert re.search(r"Parker up: .* 0 locations", herd.log("Parker"))
+            parker = status(herd, "Parker")
+            assert parker["restored"] == 0 and parker["storage"] is None
 
 
 # --- the whole herd stops and starts --------------------------------------------------------
@@ -261,7 +285,7 @@ def _populate(herd: Herd, prefix: str, n: int, offset: int = 0) -> dict[str, str
 def test_whole_herd_sigterm_and_restart_keeps_everything(tmp_path: Path) -> None:
     """1000 IAMATs over the five servers, then SIGTERM to all while a client keeps sending
     new clients to Alford (up to 20000, fast): every server exits cleanly, restores its
-    file, and every IAMAT that was acked, even in the last batch, is back everywhere."""
+    storage, and every IAMAT that was acked, even in the last batch, is back everywhere."""
     busy = [f"busy-{i:05d}" for i in range(20_000)]  # one fix each: acked = exact line
     with Herd(tmp_path) as herd:
         herd.start()
@@ -277,7 +301,7 @@ def test_whole_herd_sigterm_and_restart_keeps_everything(tmp_path: Path) -> None
         acked = newest(feeder.replies)
         assert len(acked) >= 500
         herd.start()
-        for name in herd.ports:  # from its own file, not from a neighbor's snapshot
+        for name in herd.ports:  # from its own storage, not from a neighbor's stream
             assert restored(herd, name) >= HERD_CLIENTS, name
         assert restored(herd, "Alford") >= HERD_CLIENTS + len(acked)
         converge(herd, herd.ports, expected | acked, "after the restart")
@@ -294,9 +318,9 @@ def test_whole_herd_sigkill_keeps_committed_batches(tmp_path: Path) -> None:
         herd.start()
         expected = _populate(herd, "kill", HERD_CLIENTS)
         converge(herd, herd.ports, expected, "before the kill")
-        files = {n: tmp_path / "var" / f"{n}.sqlite3" for n in herd.ports}
-        for name, path in files.items():  # "acked long enough ago" = committed
-            wait_until(lambda p=path: committed(p) == HERD_CLIENTS, 30, what=f"{name} commits")
+        var = tmp_path / "var"
+        for name in herd.ports:  # held everywhere; now also written everywhere
+            wait_until(lambda n=name: on_disk(var, n) == HERD_CLIENTS, 30, what=f"{name} to write")
         for name in list(herd.ports):
             assert herd.kill(name, signal.SIGKILL) == -signal.SIGKILL
         herd.start()
@@ -312,7 +336,7 @@ def test_whole_herd_sigkill_keeps_committed_batches(tmp_path: Path) -> None:
         late_ids = [f"late-{i:03d}" for i in range(200)]
 
         def agreed() -> bool:
-            views = list(herd.holdings(late_ids).values())
+            views = [known(herd.port(n), late_ids) for n in herd.ports]
             return all(v == views[0] for v in views)
 
         wait_until(agreed, CATCH_UP, interval=0.25, what="the herd to agree on the late clients")
@@ -429,8 +453,8 @@ def test_cut_link_catch_up_costs_what_was_missed(tmp_path: Path) -> None:
     2000 clients known everywhere; the cut lasts until both ends declare the
     other dead; meanwhile 20 clients move at Alford (Parker's side) and 5 new
     ones appear at Hamilton. After the link is restored each side gets what it
-    missed, and Hamilton's log shows Parker's catch-up carried tens of records,
-    not the 2000 it holds (the same for Parker's log the other way).
+    missed, and Hamilton's status shows Parker's catch-up carried tens of records,
+    not the 2000 it holds (the same for Parker's status the other way).
     """
     to_hamilton, to_parker = Proxy(), Proxy()  # bound first: the herd's ports avoid them
     herd = SplitHerd(tmp_path, servers=CHAIN, links=CHAIN_LINKS)
@@ -441,7 +465,8 @@ def test_cut_link_catch_up_costs_what_was_missed(tmp_path: Path) -> None:
             "Hamilton": ("Parker", to_parker),
         }.items():
             ports = dict(herd.ports)
-            ports[peer] = (ports[peer][0], proxy.port)  # this server reaches `peer` via the relay
+            # this server reaches `peer` via the relay
+            ports[peer] = (ports[peer][0], proxy.port, *ports[peer][2:])
             path = tmp_path / f"topology-{name}.toml"
             sections = {"logging": {"dir": "logs"}, "storage": {"dir": "var"}}
             path.write_text(topology_toml(ports, CHAIN_LINKS, sections))
@@ -454,16 +479,13 @@ def test_cut_link_catch_up_costs_what_was_missed(tmp_path: Path) -> None:
         before = newest(send_all(herd.port("Alford"), [iamat(c, i) for i, c in enumerate(ids)]))
         converge(herd, ["Hamilton"], before, "before the cut")
         assert to_hamilton.accepted and to_parker.accepted, "the link runs through the relays"
-        marks = {n: len(herd.log(n)) for n in CHAIN}
+        marks = {"Hamilton": records_in(herd, "Hamilton", "Parker")}
+        marks["Parker"] = records_in(herd, "Parker", "Hamilton")
 
         to_hamilton.cut()
         to_parker.cut()
-        for name, peer in (("Hamilton", "Parker"), ("Parker", "Hamilton")):
-            wait_until(
-                lambda n=name, p=peer: f"neighbor {p} disconnected" in herd.log(n)[marks[n] :],
-                30,
-                what=f"{name} to notice the cut",
-            )
+        link_state(herd, "Hamilton", "Parker", "down")
+        link_state(herd, "Parker", "Hamilton", "down")
         moved = newest(
             send_all(
                 herd.port("Alford"),
@@ -477,9 +499,9 @@ def test_cut_link_catch_up_costs_what_was_missed(tmp_path: Path) -> None:
             )
         )
         converge(herd, ["Parker"], moved, "the moves on Parker's side of the cut")
-        stale = held_at(herd.port("Hamilton"), list(moved))
+        stale = known(herd.port("Hamilton"), list(moved))
         assert stale == {c: before[c] for c in moved}, "the cut must really cut"
-        assert set(held_at(herd.port("Parker"), list(fresh)).values()) == {None}
+        assert set(known(herd.port("Parker"), list(fresh)).values()) == {None}
 
         to_hamilton.restore()
         to_parker.restore()
@@ -487,8 +509,8 @@ def test_cut_link_catch_up_costs_what_was_missed(tmp_path: Path) -> None:
         converge(herd, ["Parker", "Alford"], {**moved, **fresh}, "after the cut")
 
         # the catch-up carried about what was missed, not the whole store (both ways)
-        to_h = records_received(herd.log("Hamilton")[marks["Hamilton"] :], "Parker")
-        to_p = records_received(herd.log("Parker")[marks["Parker"] :], "Hamilton")
+        to_h = records_in(herd, "Hamilton", "Parker") - marks["Hamilton"]
+        to_p = records_in(herd, "Parker", "Hamilton") - marks["Parker"]
         assert CUT_MOVED <= to_h <= 10 * (CUT_MOVED + CUT_NEW), to_h
         assert CUT_NEW <= to_p <= 10 * (CUT_MOVED + CUT_NEW), to_p
         assert to_h < CUT_KNOWN // 10 and to_p < CUT_KNOWN // 10
@@ -508,7 +530,7 @@ def test_catch_up_never_undoes_newer_data(tmp_path: Path, storage: bool) -> None
     x: newest at Hamilton, an older one later at Bolden. y: newest at Alford,
     an older one later at Hamilton. z: only at Hamilton. w: known before, older
     fixes arrive on both sides (must be ignored). After Parker restarts (with
-    its now stale file, or empty) every server holds the newest of each.
+    its now stale storage, or empty) every server holds the newest of each.
     """
     t = BASE_TIME + 10_000
     with Herd(tmp_path) as herd:
@@ -521,7 +543,7 @@ def test_catch_up_never_undoes_newer_data(tmp_path: Path, storage: bool) -> None
         )
         converge(herd, herd.ports, first, "before the kill")
         if storage:
-            wait_until(lambda: committed(tmp_path / "var" / "Parker.sqlite3") == 3, 30)
+            wait_until(lambda: on_disk(tmp_path / "var", "Parker") == 3, 30)
         herd.kill("Parker", signal.SIGKILL)
 
         at_hamilton = send_all(
@@ -540,16 +562,22 @@ def test_catch_up_never_undoes_newer_data(tmp_path: Path, storage: bool) -> None
         converge(herd, herd.ports, expected, "after Parker's return")
 
 
-# --- a broken or missing SQLite file ----------------------------------------------------------
+# --- a broken or missing log file -------------------------------------------------------------
 
 STORE_CLIENTS = 300  # clients known before Hamilton is stopped
 STORE_DOWN = 50  # clients heard at Alford while it is down
 
 
+def errors(log: str) -> list[str]:
+    """The lines of a server log written at level ERROR."""
+    return [line for line in log.splitlines() if re.match(r"\S+ \| \S+ \| ERROR +\| ", line)]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "deleted"])
-def test_broken_storage_is_set_aside_and_rebuilt(tmp_path: Path, damage: str) -> None:
-    """Hamilton stops; its SQLite file is overwritten with garbage (or deleted); it starts,
-    says so in its log, and gets all 350 clients back from Parker."""
+def test_broken_storage_is_reported_and_rebuilt(tmp_path: Path, damage: str) -> None:
+    """Hamilton stops; its log file is overwritten with garbage (or deleted); it starts,
+    says so at ERROR naming the file, and gets all 350 clients back from Parker; the
+    storage it then writes is whole again (a second restart needs no neighbor)."""
     with Herd(tmp_path, servers=CHAIN, links=CHAIN_LINKS) as herd:
         herd.start()
         ids = [f"disk-{i:03d}" for i in range(STORE_CLIENTS)]
@@ -557,8 +585,8 @@ def test_broken_storage_is_set_aside_and_rebuilt(tmp_path: Path, damage: str) ->
         converge(herd, ["Hamilton"], expected, "before the stop")
         assert herd.kill("Hamilton", signal.SIGTERM) == 0
         var = tmp_path / "var"
-        path = var / "Hamilton.sqlite3"
-        assert path.exists()
+        path = var / "Hamilton.log"
+        assert on_disk(var, "Hamilton") == STORE_CLIENTS
         if damage == "garbage":
             path.write_bytes(random.Random(7).randbytes(64 * 1024))
         else:
@@ -571,20 +599,21 @@ def test_broken_storage_is_set_aside_and_rebuilt(tmp_path: Path, damage: str) ->
         )
         mark = len(herd.log("Hamilton"))
         herd.start("Hamilton")
-        assert restored(herd, "Hamilton") == 0  # waits for the file to be read
-        log = herd.log("Hamilton")[mark:]
-        if damage == "garbage":
-            assert re.search(r"storage \S*Hamilton\.sqlite3 is unreadable .*moved it to", log), log
-            aside = list(var.glob("Hamilton.sqlite3.corrupt-*"))
-            assert len(aside) == 1 and aside[0].read_bytes()[:16] != b"SQLite format 3\x00"
-        else:
-            assert re.search(r"storage \S*Hamilton\.sqlite3 (is missing|not found)", log), log
+        assert restored(herd, "Hamilton") == 0  # waits for the storage to be read
+        reported = errors(herd.log("Hamilton")[mark:])
+        assert any(str(path) in line for line in reported), reported
+        damage_said = "missing" if damage == "deleted" else "runs past the end|checksum|cut short"
+        assert any(re.search(damage_said, line) for line in reported), reported
         converge(herd, ["Hamilton"], expected, "rebuilt from Parker")
-        # and the new file is a real one again: it survives a restart on its own
-        wait_until(lambda: committed(path) == len(expected), 30, what="the rebuilt file")
+        # and the storage is whole again: it survives a restart on its own
+        wait_until(
+            lambda: on_disk(var, "Hamilton") == len(expected), 30, what="the rebuilt storage"
+        )
         assert herd.kill("Hamilton", signal.SIGTERM) == 0
+        mark = len(herd.log("Hamilton"))
         herd.start("Hamilton")
         assert restored(herd, "Hamilton") == len(expected)
+        assert errors(herd.log("Hamilton")[mark:]) == []
 
 
 # --- hostile neighbors ------------------------------------------------------------------------
@@ -592,15 +621,21 @@ def test_broken_storage_is_set_aside_and_rebuilt(tmp_path: Path, damage: str) ->
 EPOCH = 0x1234567  # any positive epoch a forger might pick
 
 
+def _record(
+    client_id: str, origin: str = "Hamilton", coords: str = "+34.000000-118.000000"
+) -> bytes:
+    return f"{origin} +0.000000000 {client_id} {coords} {BASE_TIME}.5".encode()
+
+
 def _updates(records: tuple[object, ...], first: int = 0, last: int = 1) -> bytes:
-    return msgpack.packb((2, EPOCH, first, last, records))
+    return msgpack.packb((2, EPOCH, first, last, records, False))
 
 
 def test_hostile_frames_are_dropped_logged_and_never_applied(tmp_path: Path) -> None:
     """Raw CURVE DEALERs on Parker's bus port: non-neighbors' keys, and a forged neighbor
     (Hamilton's key; Hamilton is not running) sending malformed msgpack, wrong types,
-    wrong fields and invalid records. Parker stays up, applies nothing, logs every drop,
-    and a real neighbor's updates still flow afterwards (tests/test_curve.py: the rest)."""
+    wrong fields and invalid records. Parker stays up, applies nothing, counts and logs
+    every drop, and a real neighbor's updates still flow (tests/test_curve.py: the rest)."""
     with Herd(tmp_path, links=PAPER_LINKS) as herd:
         herd.start("Parker", "Alford")
         bus = f"tcp://127.0.0.1:{herd.ports['Parker'][1]}"
@@ -624,23 +659,44 @@ def test_hostile_frames_are_dropped_logged_and_never_applied(tmp_path: Path) -> 
                 sockets[holder] = s
             return sockets[holder]
 
-        def expect_logged(pattern: str, send: object) -> None:
+        def expect_logged(pattern: str, send: Callable[[], object]) -> None:
             before = log_count(herd, "Parker", pattern)
-            send()  # type: ignore[operator]
+            send()
             wait_until(
                 lambda: log_count(herd, "Parker", pattern) > before, 20, what=f"log {pattern!r}"
             )
 
-        good = ("evil-a", "+34.000000-118.000000", f"{BASE_TIME}.5", "Powell", "+0.000000000")
+        def foreign() -> int:
+            return int(status(herd, "Parker")["counters"]["foreign_frames"])
+
+        def from_hamilton(counter: str) -> Callable[[], int]:
+            return lambda: int(status(herd, "Parker")["neighbors"]["Hamilton"][counter])
+
+        def expect_dropped(
+            counter: Callable[[], int], pattern: str, send: Callable[[], object], n: int = 1
+        ) -> None:
+            """`send` makes Parker count `n` more drops, and log them as a warning."""
+            logged = rf"\| WARNING \| {pattern}"
+            before, before_logged = counter(), log_count(herd, "Parker", logged)
+            send()
+            wait_until(lambda: counter() >= before + n, 20, what=f"drops of {pattern!r}")
+            assert counter() == before + n, pattern
+            wait_until(
+                lambda: log_count(herd, "Parker", logged) > before_logged,
+                20,
+                what=f"log {pattern!r}",
+            )
+
+        good = _record("evil-a", origin="Powell")
         try:
             # not a neighbor: a valid Updates with a valid record, with Powell's key, a
-            # key of no server, and Parker's own
+            # key of no server, and Parker's own: ZAP refuses them, said once each
             for rid, why in (
                 (b"Powell", "the key of Powell, not a neighbor"),
                 (b"\xffintruder", "not the key of any neighbor"),
                 (b"Parker", "the key of Parker, not a neighbor"),
             ):
-                rec = (f"evil-{rid.hex()}", *good[1:])
+                rec = _record(f"evil-{rid.hex()}", origin="Powell")
                 expect_logged(
                     rf"bus: refused 127\.0\.0\.1 \S{{40}}: {re.escape(why)}",
                     lambda rid=rid, rec=rec: dealer(rid).send(_updates((rec,))),
@@ -648,70 +704,77 @@ def test_hostile_frames_are_dropped_logged_and_never_applied(tmp_path: Path) -> 
                 sockets.pop(rid).close(linger=0)  # its retries would use up the log's quota
             # the forged neighbor: frames that are not messages
             forged = dealer(b"Hamilton")
+            valid = _updates((good,))
             not_messages = [
                 b"\xc1",  # never-used msgpack byte
-                b"\x95\x02\x01",  # truncated array
+                b"\x96\x02\x01",  # truncated array
                 b"",  # empty frame
-                msgpack.packb((2, EPOCH, 0, 1, ())) + b"\x00",  # trailing data
+                valid + b"\x00",  # trailing data
                 msgpack.packb((9, EPOCH, 0, 0)),  # unknown message type
-                msgpack.packb({"type": 2, "records": [list(good)]}),  # a map, not an array
-                msgpack.packb((2, str(EPOCH), 0, 1, (good,))),  # epoch as text
-                msgpack.packb((2, EPOCH, 0, 1.5, (good,))),  # float seq
-                msgpack.packb((2, True, 0, 1, (good,))),  # bool epoch
-                msgpack.packb((2, EPOCH, 5, 1, (good,))),  # first > last
-                msgpack.packb((2, -EPOCH, 0, 1, (good,))),  # negative epoch
-                msgpack.packb((2, EPOCH, 0, 1, "records")),  # records not an array
-                msgpack.packb((2, EPOCH, 0, 2**64 - 1, (good,))),  # beyond int64
+                msgpack.packb({"type": 2, "records": [good]}),  # a map, not an array
+                msgpack.packb((2, str(EPOCH), 0, 1, (good,), False)),  # epoch as text
+                msgpack.packb((2, EPOCH, 0, 1.5, (good,), False)),  # float seq
+                msgpack.packb((2, True, 0, 1, (good,), False)),  # bool epoch
+                msgpack.packb((2, EPOCH, 5, 1, (good,), False)),  # first > last
+                msgpack.packb((2, -EPOCH, 0, 1, (good,), False)),  # negative epoch
+                msgpack.packb((2, EPOCH, 0, 1, b"records", False)),  # records not an array
+                msgpack.packb((2, EPOCH, 0, 2**64 - 1, (good,), False)),  # beyond int64
+                msgpack.packb((2, EPOCH, 0, 1, (good,))),  # Updates without its bulk flag
+                msgpack.packb((2, EPOCH, 0, 1, (good,), 1)),  # bulk flag not a bool
                 msgpack.packb((1, EPOCH, 0, "0")),  # Sync with a text seq
                 msgpack.packb((3, EPOCH)),  # Heartbeat without its tip
                 b"\x92\x03\xa2\xff\xfe",  # invalid UTF-8 in a string
             ]
             for payload in not_messages:
-                expect_logged(
-                    r"!! Hamilton: malformed message dropped",
+                expect_dropped(
+                    from_hamilton("malformed"),
+                    r"bus <- Hamilton: malformed message dropped",
                     lambda p=payload: forged.send(p),
                 )
             # a multipart frame from a neighbor's id: dropped at the bus
-            expect_logged(
-                r"!! Hamilton: a 3-frame message dropped",
+            expect_dropped(
+                foreign,
+                r"bus: Hamilton: a 3-frame message: dropped",
                 lambda: forged.send_multipart([_updates((good,)), b"extra"]),
             )
             # a well-formed Updates whose records are all invalid
             t = f"{BASE_TIME}.5"
-            bad_records = (
-                ("evil-lat", "+500.000000-118.000000", t, "Hamilton", "+0.000000000"),
-                ("evil-lon", "+34.000000-181.000000", t, "Hamilton", "+0.000000000"),
-                (
-                    "evil-time",
-                    "+34.000000-118.000000",
-                    f"{BASE_TIME}.1234567890",
-                    "Hamilton",
-                    "+0.000000000",
-                ),
-                ("evil-type", "+34.000000-118.000000", BASE_TIME, "Hamilton", "+0.000000000"),
-                ("evil-skew", "+34.000000-118.000000", t, "Hamilton", "0.5"),
-                ("evil space", "+34.000000-118.000000", t, "Hamilton", "+0.000000000"),
-                ("", "+34.000000-118.000000", t, "Hamilton", "+0.000000000"),
-                ("evil-short", "+34.000000-118.000000", t, "Hamilton"),
-                ("evil-long", "+34.000000-118.000000", t, "Hamilton", "+0.000000000", "x"),
-                ("evil-bytes", b"+34.000000-118.000000", t, "Hamilton", "+0.000000000"),
-                ("evil-nan", "+nan-118.000000", t, "Hamilton", "+0.000000000"),
+            future = f"{int(time.time()) + 3 * 86400}"
+            bad_records: tuple[object, ...] = (
+                _record("evil-lat", coords="+500.000000-118.000000"),
+                _record("evil-lon", coords="+34.000000-181.000000"),
+                _record("evil-nan", coords="+nan-118.000000"),
+                _record("evil-origin", origin="Nowhere"),
+                _record("evil-" + "x" * 300),  # longer than max_id
+                f"Hamilton +0.000000000 evil-time +34-118 {BASE_TIME}.1234567890".encode(),
+                f"Hamilton +0.000000000 evil-future +34-118 {future}".encode(),
+                f"Hamilton 0.5 evil-skew +34-118 {t}".encode(),
+                f"Hamilton +0.000000000 evil space +34-118 {t}".encode(),
+                f"Hamilton +0.000000000  +34-118 {t}".encode(),  # an empty client id
+                b"Hamilton +0.000000000 evil-short +34-118",
+                f"Hamilton +0.000000000 evil-long +34-118 {t} x".encode(),
+                f"Hamilton +0.000000000 evil-text +34-118 {t}",  # text, not bytes
                 None,
                 42,
                 {"client_id": "evil-map"},
+                ["evil-list"],
             )
-            expect_logged(
-                rf"!! Hamilton: {len(bad_records)} invalid records dropped",
+            expect_dropped(
+                from_hamilton("invalid"),
+                rf"bus <- Hamilton: {len(bad_records)} invalid records dropped",
                 lambda: forged.send(_updates(bad_records)),
+                n=len(bad_records),
             )
 
             herd_procs = herd.procs
             assert herd_procs["Parker"].poll() is None, "Parker must survive all of it"
+            assert status(herd, "Parker")["neighbors"]["Hamilton"]["applied"] == 0
             evil = [f"evil-{rid.hex()}" for rid in (b"Powell", b"\xffintruder", b"Parker")]
-            evil += ["evil-a", "evil-lat", "evil-lon", "evil-time", "evil-type", "evil-skew"]
-            evil += ["evil-short", "evil-long", "evil-bytes", "evil-nan", "evil-map"]
+            evil += ["evil-a", "evil-lat", "evil-lon", "evil-nan", "evil-origin", "evil-time"]
+            evil += ["evil-future", "evil-skew", "evil-short", "evil-long", "evil-text"]
+            evil += ["evil-map", "evil-list"]
             for name in ("Parker", "Alford"):
-                assert set(held_at(herd.port(name), evil).values()) == {None}, name
+                assert set(known(herd.port(name), evil).values()) == {None}, name
 
             # a real neighbor still gets through, both ways
             fine = newest(send_all(herd.port("Alford"), [iamat("after-attack", 1)]))

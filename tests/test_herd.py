@@ -24,6 +24,10 @@ from zherd.harness import PAPER_SERVERS, Client, Herd, wait_until
 UCLA = "+34.068930-118.445127"
 UCLA_LATLON = (34.068930, -118.445127)
 AT_LINE = re.compile(r"AT (\S+) ([+-])([0-9]+)\.([0-9]{9}) (\S+) (\S+) (\S+)")
+LOG_LINE = re.compile(
+    r"20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z \| \S+ \| "
+    r"(DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL) *\| "
+)
 CONVERGE = 20.0  # seconds: generous, for busy machines
 
 
@@ -105,6 +109,22 @@ class Probe:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def neighbors(herd: Herd, server: str) -> set[str]:
+    return {n for link in herd.links if server in link for n in link} - {server}
+
+
+def link_is(herd: Herd, server: str, peer: str, state: str) -> None:
+    """Wait until `server`'s status says its neighbor `peer` is `state` ("up" or "down")."""
+
+    def now() -> str | None:
+        try:
+            return herd.link(server, peer)["state"]
+        except OSError:  # the status endpoint starts just after the server accepts clients
+            return None
+
+    wait_until(lambda: now() == state, timeout=CONVERGE, what=f"{server} to see {peer} {state}")
 
 
 def iamat(herd: Herd, server: str, client_id: str, coords: str, when: str) -> str:
@@ -474,17 +494,24 @@ def test_one_log_file_per_server_with_every_client_line(paper) -> None:
     wait_until(logged, timeout=CONVERGE, what="Bolden's log")
     assert '"status": "OK"' in whatsat
     for server in PAPER_SERVERS:
+        for n in neighbors(paper, server):  # first contact may still be on its way
+            link_is(paper, server, n, "up")
         log = paper.log(server)
         assert f"{server} up: clients on 127.0.0.1:{paper.port(server)}" in log
-        neighbors = {n for link in paper.links if server in link for n in link} - {server}
-        for n in neighbors:  # first contact may still be on its way when the herd answers
-            wait_until(
-                lambda s=server, n=n: f"neighbor {n} up" in paper.log(s),
-                timeout=CONVERGE,
-                what=f"{server} to log {n} up",
-            )
-    # The update flooded: Hamilton logged it arriving from Parker.
-    wait_until(lambda: f"   {at_line}" in paper.log("Hamilton"), timeout=CONVERGE)
+        for n in neighbors(paper, server):  # what the status says, the log said when it happened
+            assert re.search(rf"\| {server} \| INFO    \| neighbor {n} up \(epoch [0-9a-f]+\)", log)
+        # every line says when, where and how bad, even the lines of a multi-line record
+        lines = log.splitlines()
+        assert lines, server
+        for line in lines:
+            assert LOG_LINE.match(line), (server, line)
+    # The update flooded: Hamilton logged its record arriving from Parker.
+    record = at_line.removeprefix("AT ")
+    wait_until(
+        lambda: f"| INFO    | bus <- Parker:   {record}\n" in paper.log("Hamilton"),
+        timeout=CONVERGE,
+        what="Hamilton to log the record from Parker",
+    )
 
 
 # -- a killed server, a herd started in any order ---------------------------------------------
@@ -498,11 +525,7 @@ def test_a_killed_server_does_not_stop_the_rest(herd) -> None:
     with Probe(h) as probe:
         wait_until(lambda: probe.everywhere(before, before_line), timeout=CONVERGE)
         for server in ("Alford", "Bolden", "Hamilton"):  # a link must exist before it can break
-            wait_until(
-                lambda server=server: "neighbor Parker connected" in h.log(server),
-                timeout=CONVERGE,
-                what=f"{server} hearing from Parker",
-            )
+            link_is(h, server, "Parker", "up")
 
         assert h.kill("Parker", signal.SIGKILL) == -signal.SIGKILL
         rest = ("Alford", "Bolden", "Powell")
@@ -525,11 +548,7 @@ def test_a_killed_server_does_not_stop_the_rest(herd) -> None:
                 assert c.ask(f"IAMAT {a}-{i} +4+4 {t}").startswith("AT Powell ")
 
     for server in ("Alford", "Bolden", "Hamilton"):
-        wait_until(
-            lambda server=server: "neighbor Parker disconnected" in h.log(server),
-            timeout=CONVERGE,
-            what=f"{server} noticing Parker is gone",
-        )
+        link_is(h, server, "Parker", "down")
     assert h.stop() == {s: 0 for s in ("Alford", "Bolden", "Hamilton", "Powell")}
     for server in ("Alford", "Bolden", "Hamilton", "Powell"):
         log = h.log(server)

@@ -14,8 +14,9 @@ the frame is dropped, logged, and the server asks its neighbors for everything
 entries of one moment are written to a new snapshot in a thread while later
 turns go to a fresh log, then the old log is removed.
 
-Files, in `dir`: `NAME.snapshot` (may be missing), `NAME.log.old` (a log being
-compacted away; present only if a compaction was cut short), `NAME.log`.
+Files, in `dir`: `NAME.snapshot` (written empty on a first start, so that a log
+lost later is noticed), `NAME.log.old` (a log being compacted away; present only if
+a compaction was cut short), `NAME.log`.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Loaded:
     entries: list[bytes]  # in the order written (restore keeps the newest per client)
     meta: Meta
     frames: int
-    damaged: int  # frames whose checksum failed, or a file cut short mid-frame
+    damaged: int  # frames whose checksum failed, a file cut short mid-frame, a lost log
     problems: list[str]  # what was damaged, where: for the log
 
 
@@ -136,6 +137,7 @@ class Disk:
         self.unsynced = False
         self.writes = 0  # write() calls that carried frames
         self.failing: str | None = None  # why the last write failed, until one succeeds
+        self.lost: str | None = None  # the log was missing though this server had started before
         self._compacting: asyncio.Task[None] | None = None
 
     # opening
@@ -147,10 +149,19 @@ class Disk:
         stops it with one clear line instead of failing later."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # exist_ok still raises for a file in the folder's place
+            why = "a file is in its place" if isinstance(e, FileExistsError) else e.strerror
+            raise StorageError(f"storage {self.folder}: cannot make the folder: {why}") from None
+        try:
+            traces = [p.exists() for p in (self.log_path, self.old_path, self.snapshot_path)]
             self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            if not any(traces):  # a first start
+                self._snapshot((), Meta())
         except OSError as e:
             why = f"storage {self.log_path}: cannot open for writing: {e.strerror}"
             raise StorageError(why) from None
+        if not traces[0] and any(traces):
+            self.lost = f"{self.log_path}: missing (lost or deleted): what it held is gone"
         self.log_bytes = os.fstat(self._fd).st_size
 
     def load(self) -> Loaded:
@@ -163,6 +174,9 @@ class Disk:
         """
         loaded = Loaded([], Meta(), 0, 0, [])
         snapshot_head = 0
+        if self.lost:
+            loaded.damaged += 1
+            loaded.problems.append(self.lost)
         for path in (self.snapshot_path, self.old_path, self.log_path):
             try:
                 data = path.read_bytes()

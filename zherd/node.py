@@ -162,8 +162,9 @@ class Node:
             return
         if self.replicator.cursors_changed:
             disk.add_meta(self._meta())
-        if disk.commit():
+        if written := disk.commit():
             self.counters.wal_writes += 1
+            self.counters.wal_records += written
         if disk.wants_compaction(len(self.locations)):
             disk.compact(list(self.locations), self._meta())
 
@@ -258,6 +259,9 @@ class Node:
             )
             self.replicator.forget()
             ancestors: dict[int, int] = {}
+            # Rewrite what was read intact: appending after a damaged frame would hide
+            # every later frame from the next start.
+            self.disk.compact(list(self.locations), self._meta())
         else:
             self.replicator.restore(meta.cursors, {})
             ancestors = {e: min(s, head) for e, s in meta.ancestors.items()}
