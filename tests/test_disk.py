@@ -86,7 +86,8 @@ async def test_entries_and_meta_survive_a_reopen(tmp_path: Path) -> None:
     loaded = Disk(tmp_path / "var", "A").load()
     assert loaded.entries == saved
     assert loaded.meta == meta
-    assert (loaded.frames, loaded.damaged, loaded.problems) == (4, 0, [])
+    # 3 entries and the meta, and the empty snapshot a first start writes
+    assert (loaded.frames, loaded.damaged, loaded.problems) == (5, 0, [])
     store = Locations()
     store.restore(loaded.entries)
     assert list(store) == saved[1:]
@@ -229,7 +230,7 @@ async def test_a_changed_byte_drops_its_frame_and_the_others_load(
     loaded = Disk(tmp_path, "A").load()
     assert loaded.entries == [saved[0], saved[2]]
     assert loaded.meta == Meta(9, {"B": (1, 2)})
-    assert (loaded.frames, loaded.damaged) == (3, 1)
+    assert (loaded.frames, loaded.damaged) == (4, 1)  # with the first start's empty snapshot
     assert loaded.problems == [f"{log}: frame at byte {second} fails its checksum: dropped"]
 
 
@@ -416,7 +417,7 @@ def test_open_under_a_file_raises_storage_error_with_the_path(tmp_path: Path) ->
     with pytest.raises(StorageError) as caught:
         disk.open()
     assert str(caught.value) == (
-        f"storage {tmp_path / 'file' / 'var' / 'A.log'}: cannot open for writing: Not a directory"
+        f"storage {tmp_path / 'file' / 'var'}: cannot make the folder: Not a directory"
     )
 
 
