@@ -222,8 +222,9 @@ def test_restart_no_and_every_server_dead_ends_the_herd(tmp_path: Path, run: Any
 
 GIVE_UP = """
 import sys
-from zherd import config, launcher
+from zherd import config, keys, launcher
 topology = config.load("topology.toml")
+keys.ensure(topology.security.keys_dir, ["Alford", "Parker"])  # as `zherd start` does
 quick = lambda: launcher.Backoff(initial=1.0, maximum=2.0, max_rapid=3)
 sys.exit(launcher.supervise(topology, ["Alford", "Parker"], True, backoff=quick))
 """
