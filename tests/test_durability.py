@@ -26,6 +26,7 @@ from test_faults import (
     CHAIN_LINKS,
     converge,
     errors,
+    held_on_disk,
     iamat,
     known,
     newest,
@@ -38,7 +39,7 @@ from test_faults import (
 from zherd import record
 from zherd.disk import Disk, Meta
 from zherd.harness import PAPER_SERVERS, Client, Herd, topology_toml, wait_until
-from zherd.locations import FROM_CLIENT, pack, record_of
+from zherd.locations import FROM_CLIENT, pack
 
 # --- every server killed at once -----------------------------------------------------------
 
@@ -83,11 +84,6 @@ class Pipeline(threading.Thread):
             self.cut = True
         except BaseException as e:  # reported by the test
             self.error = e
-
-
-def held_on_disk(var: Path, name: str) -> set[str]:
-    """The AT lines a server's storage files hold, as a fresh reader sees them."""
-    return {"AT " + record_of(e).decode() for e in Disk(var, name).load().entries}
 
 
 def test_every_server_killed_at_once_under_load_keeps_every_acknowledged_update(
