@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from test_faults import BASE_TIME, CATCH_UP, coords, known, status
+from test_faults import BASE_TIME, CATCH_UP, coords, held_on_disk, known, status
 
 from zherd.harness import PAPER_SERVERS, Client, Herd, wait_until
 
@@ -153,7 +153,7 @@ def _acceptable(held: str | None, ack: Ack, sent: dict[tuple[str, str], str]) ->
     )
 
 
-def _story(ack: Ack, faults: Sequence[Fault], held: dict[str, str | None]) -> str:
+def _story(ack: Ack, faults: Sequence[Fault], held: dict[str, str | None], stored: set[str]) -> str:
     shown = "; ".join(
         f"{f.at:+.3f} s {f.what} {f.server}" + ("" if f.status is None else f" (exit {f.status})")
         for f in faults
@@ -162,8 +162,8 @@ def _story(ack: Ack, faults: Sequence[Fault], held: dict[str, str | None]) -> st
     holding = ", ".join(f"{s}: {line or 'nothing'}" for s, line in held.items())
     return (
         f"{ack.client_id}: newest acknowledged update {ack.line!r} answered by {ack.server} "
-        f"at {ack.at:+.3f} s; now held: {holding}; faults from 5 s before to 10 s after: "
-        f"{shown or 'none'}"
+        f"at {ack.at:+.3f} s ({'in' if ack.line in stored else 'NOT in'} its storage); "
+        f"now held: {holding}; faults from 5 s before to 10 s after: {shown or 'none'}"
     )
 
 
@@ -246,7 +246,9 @@ def test_random_kills_and_restarts_lose_no_acknowledged_update(
         try:
             wait_until(converged, CATCH_UP, interval=0.5, what="the herd to converge")
         except AssertionError:
-            stories = [_story(ack, faults, views) for ack, views in list(last.values())[:5]]
+            shown = list(last.values())[:5]
+            stored = {s: held_on_disk(tmp_path / "var", s) for s in {a.server for a, _ in shown}}
+            stories = [_story(ack, faults, views, stored[ack.server]) for ack, views in shown]
             raise AssertionError(
                 f"seed {seed}: {len(last)} of {len(newest)} clients lost their newest "
                 f"acknowledged update:\n" + "\n".join(stories)

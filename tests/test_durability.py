@@ -26,6 +26,7 @@ from test_faults import (
     CHAIN_LINKS,
     converge,
     errors,
+    held_on_disk,
     iamat,
     known,
     newest,
@@ -38,7 +39,7 @@ from test_faults import (
 from zherd import record
 from zherd.disk import Disk, Meta
 from zherd.harness import PAPER_SERVERS, Client, Herd, topology_toml, wait_until
-from zherd.locations import FROM_CLIENT, pack, record_of
+from zherd.locations import FROM_CLIENT, pack
 
 # --- every server killed at once -----------------------------------------------------------
 
@@ -85,11 +86,6 @@ class Pipeline(threading.Thread):
             self.error = e
 
 
-def held_on_disk(var: Path, name: str) -> set[str]:
-    """The AT lines a server's storage files hold, as a fresh reader sees them."""
-    return {"AT " + record_of(e).decode() for e in Disk(var, name).load().entries}
-
-
 def test_every_server_killed_at_once_under_load_keeps_every_acknowledged_update(
     tmp_path: Path,
 ) -> None:
@@ -131,6 +127,66 @@ def test_every_server_killed_at_once_under_load_keeps_every_acknowledged_update(
         acked = newest(line for p in pipes for line in p.acked)
         assert len(acked) == sum(len(p.acked) for p in pipes) >= 5 * PIPE_BEFORE_KILL
         converge(herd, PAPER_SERVERS, acked, "every acknowledged update after the kill")
+
+
+# --- SIGTERM while clients keep connecting ------------------------------------------------------
+
+TERM_CYCLES = 4  # SIGTERM and restart, this many times
+TERM_THREADS = 6  # clients connecting over and over
+TERM_BATCHES = 3  # batches of 10 IAMATs per connection
+TERM_LOAD = 0.5  # seconds of load before each SIGTERM (a schedule, not a condition)
+
+
+class Reconnecting(threading.Thread):
+    """A client that opens connection after connection to one port, sending a few
+    pipelined batches of IAMATs (new client ids) on each; every AT read is kept."""
+
+    def __init__(self, port: int, prefix: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.port, self.prefix, self.stop = port, prefix, stop
+        self.acked: list[str] = []
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set() and n < 100_000:
+            try:
+                with Client(self.port, timeout=10) as c:
+                    for _ in range(TERM_BATCHES):
+                        lines = [iamat(f"{self.prefix}-{i}", i) for i in range(n, n + 10)]
+                        n += 10
+                        c.send("".join(line + "\n" for line in lines))
+                        for _ in lines:  # each AT counts once read, even if the rest never come
+                            self.acked.append(c.line().rstrip("\n"))
+            except OSError:  # the server is stopping or stopped
+                self.stop.wait(0.001)  # pacing the reconnects, not waiting for a condition
+
+
+def test_a_sigterm_while_clients_connect_acknowledges_only_what_it_stored(tmp_path: Path) -> None:
+    """Clients open connection after connection, each sending a few pipelined batches,
+    while the server is stopped by SIGTERM (four times, restarted in between). Whatever
+    it answered AT is in its storage once it has exited: a connection accepted as the
+    shutdown began is not served after the storage is closed."""
+    with Herd(tmp_path, servers=("A",), links=()) as herd:
+        herd.start()
+        for cycle in range(TERM_CYCLES):
+            stop = threading.Event()
+            clients = [
+                Reconnecting(herd.port("A"), f"term-{cycle}-{k}", stop) for k in range(TERM_THREADS)
+            ]
+            for client in clients:
+                client.start()
+            try:
+                stop.wait(TERM_LOAD)  # the load runs a while: a schedule, not a condition
+                assert herd.kill("A", signal.SIGTERM) == 0
+            finally:
+                stop.set()
+                for client in clients:
+                    client.join(30)
+            acked = [line for client in clients for line in client.acked]
+            held = held_on_disk(tmp_path / "var", "A")
+            lost = [line for line in acked if line not in held]
+            assert acked and not lost, f"cycle {cycle}: {len(lost)} of {len(acked)}: {lost[:3]}"
+            herd.start("A")
 
 
 # --- a restart costs what was missed -------------------------------------------------------

@@ -162,6 +162,11 @@ def records_in(herd: Herd, name: str, peer: str) -> int:
     return int(status(herd, name)["neighbors"][peer]["records_in"])
 
 
+def held_on_disk(var: Path, name: str) -> set[str]:
+    """The AT lines a server's storage files hold, as a fresh reader sees them."""
+    return {"AT " + record_of(e).decode() for e in Disk(var, name).load().entries}
+
+
 def on_disk(var: Path, name: str) -> int:
     """Clients in a server's storage files as a fresh reader sees them (what a SIGKILL keeps)."""
     return len({client_of(record_of(e)) for e in Disk(var, name).load().entries})

@@ -296,6 +296,10 @@ class Node:
         """Clients first, then a last turn (commit, flush), then disk, bus, places."""
         logger.info(f"{self.name} shutting down")
         self.turn.end()  # replies already made leave (after their commit) before clients go
+        # No line is answered from now on: a connection accepted just now (its
+        # connection_made still pending) escapes close() and would be served on after the
+        # disk is closed, with ATs for updates neither written nor sent to any neighbor.
+        self.gateway.hold()
         await self.gateway.close()
         self.turn.end()
         if self.disk is not None:
