@@ -38,12 +38,29 @@ class Journal:
 
     def client(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
         """A batch of one client connection: each line in, each line out."""
-        shown = logs.shown
-        for line in received:
-            self.add(f"client {peer} <- {shown(line)}")
+        if received:
+            self._lines(f"client {peer} <- ", received, b"\n".join(received))
         if sent:
-            for line in sent.rstrip(b"\n").split(b"\n"):
-                self.add(f"client {peer} -> {shown(line)}")
+            sent = sent.rstrip(b"\n")
+            self._lines(f"client {peer} -> ", sent.split(b"\n"), sent)
+
+    def _lines(self, head: str, lines: Sequence[bytes], joined: bytes) -> None:
+        """One event per line. The batch is decoded once and scanned once (in C) for
+        anything to escape or cut; only a batch that has some goes line by line."""
+        if self._bytes > self.max_bytes:
+            self._left_out += len(lines)
+            return
+        text = joined.decode("utf-8", "backslashreplace")
+        parts = text.split("\n")
+        if (
+            len(parts) != len(lines)
+            or logs.needs_care(text)
+            or max(map(len, parts)) > logs.MAX_LOGGED
+        ):
+            parts = [logs.shown(line) for line in lines]
+        events = [head + part for part in parts]
+        self._bytes += len(text) + len(head) * len(parts)
+        self._events += events
 
     def write(self) -> None:
         """The turn's record, once per turn."""

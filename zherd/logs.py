@@ -11,6 +11,7 @@ long, so no input can forge a line, recolour a terminal or bloat the file.
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from collections.abc import Iterable
@@ -30,6 +31,15 @@ LEVEL_WIDTH = 7
 # Every C0 control, DEL, and what some viewers take for a line break (NEL, LS, PS).
 _ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, 0x85]}
 _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+# What `escape` rewrites, less the line feed that joins a batch's lines (logs.needs_care).
+_CARE = re.compile("[" + "".join(re.escape(chr(c)) for c in _ESCAPES if c != 0x0A) + "]")
+
+
+def needs_care(text: str) -> bool:
+    """Whether lines joined by line feeds hold anything to escape (one scan, in C)."""
+    return _CARE.search(text) is not None
 
 
 def escape(text: str) -> str:
