@@ -50,7 +50,7 @@ def serve(pipe: Any, slot: int, counters: Any) -> None:
         pipe.send(result)
 
 
-class Connection(asyncio.Protocol):
+class LoadConnection(asyncio.Protocol):
     def __init__(self, w: Worker, conn: int) -> None:
         self.w = w
         self.lines = w.load.send.lines(conn)
@@ -118,7 +118,7 @@ class Worker:
         self.last_reply = 0.0
         self.timed = isinstance(load, RequestResponse) and load.timed
         self.latencies: list[float] = []
-        self.conns: list[Connection] = []
+        self.conns: list[LoadConnection] = []
         self.done: asyncio.Future[None] | None = None
 
     def check_done(self) -> None:
@@ -133,7 +133,7 @@ class Worker:
         self.done = loop.create_future()
         for i in range(load.conns):
             port = load.ports[i % len(load.ports)]
-            _, conn = await loop.create_connection(lambda i=i: Connection(self, i), HOST, port)
+            _, conn = await loop.create_connection(lambda i=i: LoadConnection(self, i), HOST, port)
             self.conns.append(conn)  # type: ignore[arg-type]
         await asyncio.sleep(max(0.0, load.start_at - load.warmup - time.monotonic()))
         self.sending = True

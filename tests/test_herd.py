@@ -90,7 +90,7 @@ def check_places(places: dict[str, Any], center: tuple[float, float], radius: fl
     assert all(a <= b + 1e-6 for a, b in itertools.pairwise(distances)), distances
 
 
-class Probe:
+class Holdings:
     """Asks the servers of a herd what they hold for a client (`Herd.holdings`)."""
 
     def __init__(self, herd: Herd) -> None:
@@ -104,7 +104,7 @@ class Probe:
         views = self.herd.holdings([client_id], servers).values()
         return all(view[client_id] == at_line for view in views)
 
-    def __enter__(self) -> Probe:
+    def __enter__(self) -> Holdings:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -388,7 +388,7 @@ def test_half_close_after_more_whatsats_than_may_be_in_flight(paper) -> None:
 def test_update_crosses_the_longest_path(paper) -> None:
     cid = uid("far")
     at_line = iamat(paper, "Hamilton", cid, UCLA, f"{now_s()}.392014450")
-    with Probe(paper) as probe:
+    with Holdings(paper) as probe:
         got = wait_until(lambda: probe.at("Powell", cid), timeout=CONVERGE, what="Powell")
         assert got == at_line  # Hamilton's own line, with Hamilton's skew
         with paper.client("Powell") as c:
@@ -402,7 +402,7 @@ def test_every_server_learns_every_client(paper) -> None:
     for i, server in enumerate(PAPER_SERVERS):
         cid = uid(f"all-{server}")
         lines[cid] = iamat(paper, server, cid, f"+{10 + i}-{100 + i}", when)
-    with Probe(paper) as probe:
+    with Holdings(paper) as probe:
         wait_until(
             lambda: all(probe.everywhere(cid, line) for cid, line in lines.items()),
             timeout=CONVERGE,
@@ -412,7 +412,7 @@ def test_every_server_learns_every_client(paper) -> None:
 
 def test_newer_wins_over_an_older_update_sent_after_it(paper) -> None:
     t = now_s()
-    with Probe(paper) as probe:
+    with Holdings(paper) as probe:
         # Racing: the newer at Hamilton, the older at Powell right after, both in flight.
         cid = uid("race")
         with paper.client("Hamilton") as h, paper.client("Powell") as p:
@@ -436,7 +436,7 @@ def test_newer_wins_over_an_older_update_sent_after_it(paper) -> None:
 
 def test_a_tie_on_client_time_goes_to_the_greater_origin_name(paper) -> None:
     when = f"{now_s()}.123456789"
-    with Probe(paper) as probe:
+    with Holdings(paper) as probe:
         # Both at once: every server settles on Powell's ("Powell" > "Alford").
         cid = uid("tie")
         with paper.client("Alford") as a, paper.client("Powell") as p:
@@ -521,7 +521,7 @@ def test_a_killed_server_does_not_stop_the_rest(herd) -> None:
     t = now_s()
     before = uid("before")
     before_line = iamat(h, "Hamilton", before, UCLA, f"{t}")
-    with Probe(h) as probe:
+    with Holdings(h) as probe:
         wait_until(lambda: probe.everywhere(before, before_line), timeout=CONVERGE)
         for server in ("Alford", "Bolden", "Hamilton"):  # a link must exist before it can break
             link_is(h, server, "Parker", "up")
@@ -564,7 +564,7 @@ def test_a_herd_started_in_any_order_converges(herd) -> None:
     h.start("Powell")
     b = uid("early-powell")
     b_line = iamat(h, "Powell", b, "+6+6", f"{t}")
-    with Probe(h) as probe:
+    with Holdings(h) as probe:
         h.start("Parker")  # after its neighbor Hamilton learnt `a`
         wait_until(lambda: probe.at("Parker", a) == a_line, timeout=CONVERGE, what="Parker")
         h.start("Alford", "Bolden")  # after every neighbor of theirs

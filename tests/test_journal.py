@@ -23,7 +23,7 @@ PREFIX = re.compile(
 INFO = re.compile(PREFIX.pattern.replace("(INFO   |WARNING|ERROR  )", "INFO   "))
 
 
-class LogFile:
+class LogLines:
     """The server's log file, as `logs.setup` writes it; `new()` is what came since."""
 
     def __init__(self, path: Path) -> None:
@@ -39,10 +39,10 @@ class LogFile:
 
 
 @pytest.fixture(scope="module")
-def log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogFile]:
+def log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogLines]:
     path = logs.setup("Alford", LoggingConfig(tmp_path_factory.mktemp("logs")), "CRITICAL")
     try:
-        yield LogFile(path)
+        yield LogLines(path)
     finally:
         logger.remove()
         logger.configure(extra={})
@@ -55,7 +55,7 @@ def body(line: str) -> str:
     return line[m.end() :]
 
 
-def test_each_event_is_one_line_with_the_prefix(log: LogFile) -> None:
+def test_each_event_is_one_line_with_the_prefix(log: LogLines) -> None:
     log.new()
     journal = Journal("Alford")
     journal.client("127.0.0.1:5555", [b"IAMAT kiwi +1+1 1", b"WHATSAT kiwi 1 1"], b"AT x\n? y\n")
@@ -89,7 +89,7 @@ def test_each_event_is_one_line_with_the_prefix(log: LogFile) -> None:
     ],
 )
 def test_control_bytes_are_escaped_so_a_line_stays_one(
-    log: LogFile, received: bytes, shown: str | None
+    log: LogLines, received: bytes, shown: str | None
 ) -> None:
     log.new()
     journal = Journal("Alford")
@@ -102,7 +102,7 @@ def test_control_bytes_are_escaped_so_a_line_stays_one(
         assert body(line) == f"client peer <- {shown}"
 
 
-def test_a_forged_line_stays_inside_its_event(log: LogFile) -> None:
+def test_a_forged_line_stays_inside_its_event(log: LogLines) -> None:
     log.new()
     journal = Journal("Alford")
     forged = b"x\n2026-01-01T00:00:00.000000Z | Alford | ERROR   | disk on fire"
@@ -115,7 +115,7 @@ def test_a_forged_line_stays_inside_its_event(log: LogFile) -> None:
     assert body(lines[2]).startswith("client peer -> 2026")  # a line the client sent itself
 
 
-def test_a_64_kb_line_is_cut_with_its_length_noted(log: LogFile) -> None:
+def test_a_64_kb_line_is_cut_with_its_length_noted(log: LogLines) -> None:
     log.new()
     journal = Journal("Alford")
     journal.client("peer", [b"A" * 65536, b"\x00" * 65536], b"B" * 70000 + b"\n")
@@ -128,7 +128,7 @@ def test_a_64_kb_line_is_cut_with_its_length_noted(log: LogFile) -> None:
     assert logs.shown(b"C" * logs.MAX_LOGGED) == "C" * logs.MAX_LOGGED  # not cut at the limit
 
 
-def test_a_turn_past_max_bytes_says_how_many_lines_it_left_out(log: LogFile) -> None:
+def test_a_turn_past_max_bytes_says_how_many_lines_it_left_out(log: LogLines) -> None:
     log.new()
     journal = Journal("Alford", max_bytes=1000)
     for i in range(100):
@@ -144,7 +144,7 @@ def test_a_turn_past_max_bytes_says_how_many_lines_it_left_out(log: LogFile) -> 
     assert [body(line) for line in log.new()] == ["next turn"]
 
 
-def test_a_turn_of_only_left_out_lines_still_says_so(log: LogFile) -> None:
+def test_a_turn_of_only_left_out_lines_still_says_so(log: LogLines) -> None:
     log.new()
     journal = Journal("Alford", max_bytes=0)
     journal.add("x")
@@ -157,7 +157,7 @@ def test_a_turn_of_only_left_out_lines_still_says_so(log: LogFile) -> None:
     ]
 
 
-def test_warnings_are_written_at_once(log: LogFile) -> None:
+def test_warnings_are_written_at_once(log: LogLines) -> None:
     log.new()
     journal = Journal("Alford")
     journal.add("held for the turn")
@@ -172,7 +172,7 @@ def test_warnings_are_written_at_once(log: LogFile) -> None:
     assert [body(line) for line in log.new()] == ["held for the turn"]
 
 
-def test_a_multi_line_message_from_anywhere_gets_the_prefix_on_every_line(log: LogFile) -> None:
+def test_a_multi_line_message_from_anywhere_gets_the_prefix_on_every_line(log: LogLines) -> None:
     log.new()
     logger.error("storage: 2 damaged frames dropped:\nfirst problem\nsecond problem")
     lines = log.new()
@@ -185,7 +185,7 @@ def test_a_multi_line_message_from_anywhere_gets_the_prefix_on_every_line(log: L
     ]
 
 
-def test_a_message_from_anywhere_cannot_start_a_line_of_its_own(log: LogFile) -> None:
+def test_a_message_from_anywhere_cannot_start_a_line_of_its_own(log: LogLines) -> None:
     log.new()
     logger.warning("places failed: \r2026-01-01T00:00:00.000000Z | Alford | INFO    | fine\x1b[0m")
     (line,) = log.new()
@@ -195,7 +195,7 @@ def test_a_message_from_anywhere_cannot_start_a_line_of_its_own(log: LogFile) ->
     )
 
 
-def test_a_traceback_gets_the_prefix_on_every_line(log: LogFile) -> None:
+def test_a_traceback_gets_the_prefix_on_every_line(log: LogLines) -> None:
     log.new()
     try:
         raise OSError("index file is damaged")
@@ -224,7 +224,7 @@ CLIENT_BYTES = st.binary(max_size=300) | st.text(max_size=100).map(
     notes=st.lists(st.text(max_size=40), max_size=3),
 )
 def test_any_bytes_from_a_client_make_one_prefixed_line_per_event(
-    log: LogFile, received: list[bytes], sent: bytes, notes: list[str]
+    log: LogLines, received: list[bytes], sent: bytes, notes: list[str]
 ) -> None:
     log.new()
     journal = Journal("Alford")

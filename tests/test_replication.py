@@ -1,6 +1,6 @@
 """Flooding and Clone-style catch-up, driven purely in memory.
 
-A `Herd` joins Replicators with per-direction FIFO queues (ZeroMQ keeps order per
+A `SimHerd` joins Replicators with per-direction FIFO queues (ZeroMQ keeps order per
 connection, nothing more), a seeded scheduler that picks which link delivers next,
 and a simulated clock. Every message goes through wire.encode/decode, as on the bus.
 A link can refuse sends (a DEALER with IMMEDIATE and no peer: "would block") or
@@ -69,7 +69,7 @@ def links_of(neighbors: Iterable[str]) -> dict[str, LinkCounters]:
     return {n: LinkCounters() for n in neighbors}
 
 
-class Herd:
+class SimHerd:
     """Replicators on an in-memory network with a simulated clock."""
 
     def __init__(
@@ -269,14 +269,14 @@ def key(record: bytes) -> tuple[int, str]:
 
 def started(
     links: Iterable[tuple[str, str]], *, seed: int = 0, capacity: int | None = None
-) -> Herd:
+) -> SimHerd:
     """A herd one heartbeat after boot: every neighbor has Synced every other."""
-    herd = Herd(links, seed=seed, capacity=capacity)
+    herd = SimHerd(links, seed=seed, capacity=capacity)
     herd.advance(HEARTBEAT)
     return herd
 
 
-def steady(links: Iterable[tuple[str, str]], *, seed: int = 0) -> Herd:
+def steady(links: Iterable[tuple[str, str]], *, seed: int = 0) -> SimHerd:
     """A herd past the interval of its boot's full resends: a node that restarts empty
     now gets everything at once (sooner, it waits for the interval: see
     test_an_empty_restart_soon_after_boot_waits_for_the_full_resend_interval)."""
@@ -285,7 +285,7 @@ def steady(links: Iterable[tuple[str, str]], *, seed: int = 0) -> Herd:
     return herd
 
 
-def populate(herd: Herd, name: str, n: int, time: str = "1000", prefix: str = "client") -> None:
+def populate(herd: SimHerd, name: str, n: int, time: str = "1000", prefix: str = "client") -> None:
     for i in range(n):
         herd.iamat(name, f"{prefix}{i}", time, coords=f"+{i % 90}.5-{i % 180}.25")
     herd.settle()

@@ -38,7 +38,7 @@ FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 THOROUGH = settings(FAST, max_examples=500)
 
 
-class Backend:
+class StubBackend:
     """A node in miniature: stores fixes, builds AT lines, never answers places itself."""
 
     name = "S"
@@ -141,7 +141,7 @@ class Wire:
 
 
 def session(loading: bool = False, **limits: object) -> Wire:
-    wire = Wire(Session(Backend(), Limits(**limits), loading=loading))  # type: ignore[arg-type]
+    wire = Wire(Session(StubBackend(), Limits(**limits), loading=loading))  # type: ignore[arg-type]
     wire.do(wire.session.start())
     return wire
 

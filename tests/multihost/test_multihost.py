@@ -97,7 +97,7 @@ def converge(hosts: Hosts, names: Iterable[str], expected: dict[str, str], what:
             ) from None
 
 
-class Feeder(threading.Thread):
+class HostFeeder(threading.Thread):
     """IAMATs from inside a host, paced at `rate`, each for a new client; bounded by `n`
     and by stop(). Remembers when each reply came."""
 
@@ -209,8 +209,8 @@ def test_a_cut_link_under_load_loses_nothing_and_resends_what_was_missed(
     converge(hosts, ["Hamilton"], before, "before the cut")
     n = int(RATE * (CUT + 10))
     feeders = {
-        "Alford": Feeder(hosts, "Alford", "mh-cutA", n, RATE),
-        "Hamilton": Feeder(hosts, "Hamilton", "mh-cutH", n, RATE),
+        "Alford": HostFeeder(hosts, "Alford", "mh-cutA", n, RATE),
+        "Hamilton": HostFeeder(hosts, "Hamilton", "mh-cutH", n, RATE),
     }
     for feeder in feeders.values():
         feeder.start()
