@@ -7,7 +7,7 @@ Catch-up: a two-server herd, Alford - Bolden, storage on. Both first learn --bas
 clients, so the store is much bigger than the small misses. Then, for each K in
 --missed and each repeat: Bolden stops (SIGTERM), K IAMATs for K new clients go to
 Alford (pipelined, from client processes), then one marker IAMAT; Bolden starts
-again and resumes Alford's stream from the position saved in its SQLite file.
+again and resumes Alford's stream from the position saved in its storage.
 Alford streams in store order, so the marker is the last record to arrive:
 
 - ready     seconds from spawning Bolden until it listens;
@@ -353,9 +353,11 @@ def measure(run: Run) -> Result:
             "stream where its storage says it stopped, and Alford resumes Bolden's stream "
             "likewise: each side gets what it missed, not the other's store.",
             "catch_up_s runs from 'listening' to the marker (the last record Alford streams) "
-            "being answered by WHATSAT; records_received counts the records in Bolden's log (catch-up messages say their count).",
-            "throughput: every IAMAT is a new client (one new entry in the log); cpu_us_per_iamat is the "
-            "server's cpu over the whole run (incl. warm-up and drain) / IAMATs sent.",
+            "being answered by WHATSAT; records_received counts the records in Bolden's log "
+            "(catch-up messages say their count).",
+            "throughput: every IAMAT is a new client (one new entry in the log); "
+            "cpu_us_per_iamat is the server's cpu over the whole run (incl. warm-up and drain) "
+            "/ IAMATs sent.",
             "numbers are noisy when other work shares the machine (see load averages).",
         ],
         parameters={"herd": list(PAIR), "sample": SAMPLE},
