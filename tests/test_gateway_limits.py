@@ -161,7 +161,7 @@ def test_invalid_utf8_nul_bytes_and_garbage_are_echoed_exactly(solo) -> None:
 
 
 def test_a_nul_inside_a_client_id_is_echoed_exactly_either_way(solo) -> None:
-    """DESIGN.md: a client id is any non-whitespace string, so NUL may be part of one.
+    """docs/protocol.md: a client id is any non-whitespace string, so NUL may be part of one.
 
     Whether the server takes it or refuses it, the reply must echo the bytes exactly.
     """

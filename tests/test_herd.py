@@ -1,6 +1,6 @@
 """Integration: the paper's herd of five real `zherd serve` processes on loopback.
 
-Replies over TCP exactly as DESIGN.md writes them, flooding along the longest
+Replies over TCP exactly as docs/protocol.md writes them, flooding along the longest
 path, newest-wins under reordering, a killed server, a herd started in any
 order, and the per-server log files.
 """
@@ -259,7 +259,7 @@ INVALID = [
     "GET / HTTP/1.1",
     "?",
     "   leading and trailing   ",
-    # Blank lines are "anything else" too (DESIGN.md): answered "? " + the line as received.
+    # Blank lines are "anything else" too (docs/protocol.md): answered "? " + the line as received.
     "",
     "   ",
     "\t",

@@ -1,4 +1,4 @@
-"""The client line protocol, exactly as DESIGN.md fixes it, without sockets.
+"""The client line protocol, exactly as docs/protocol.md writes it, without sockets.
 
 Skews are checked against `decimal` arithmetic, never floats: the reply must be
 exact to the nanosecond whatever the number of decimals the client sent.
