@@ -464,3 +464,26 @@ def test_a_big_store_loads_while_clients_wait_connected(herd: Callable[..., obje
         assert client.ask(f"WHATSAT c{n} 1 1").startswith(f"AT Alford +0.000000001 c{n} ")
     log = h.log("A")  # type: ignore[attr-defined]
     assert log.index("accepting clients") < log.index(f"{n} locations restored")
+
+
+async def test_a_compaction_after_one_cut_short_keeps_what_only_its_old_log_held(
+    tmp_path: Path,
+) -> None:
+    """A `.log.old` left by a compaction cut short may hold what no snapshot does: the
+    next compaction adds the log to it, and until its snapshot lands both are read."""
+    first, second = entry(1, "a"), entry(2, "b")
+    disk = opened(tmp_path)
+    written(disk, [first])
+    await disk.close()
+    (tmp_path / "A.log").replace(tmp_path / "A.log.old")  # cut short: no snapshot of it
+    disk = opened(tmp_path)
+    written(disk, [second])
+    task = disk.compact([first, second], Meta())
+    assert task is not None
+    old = (tmp_path / "A.log.old").read_bytes()
+    assert frame(ENTRY, first) in old and frame(ENTRY, second) in old  # nothing replaced
+    assert Disk(tmp_path, "A").load().entries[-2:] == [first, second]  # as a crash now sees
+    await task
+    await disk.close()
+    assert not (tmp_path / "A.log.old").exists()
+    assert Disk(tmp_path, "A").load().entries == [first, second]

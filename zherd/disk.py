@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgpack
+from loguru import logger
 
 from zherd.locations import seq_of
 
@@ -272,13 +273,30 @@ class Disk:
     def wants_compaction(self, live_entries: int) -> bool:
         return self._compacting is None and self.log_bytes > max(COMPACT_MIN, 300 * live_entries)
 
-    def compact(self, entries: Sequence[bytes], meta: Meta) -> asyncio.Task[None]:
+    def compact(self, entries: Sequence[bytes], meta: Meta) -> asyncio.Task[None] | None:
         """Start writing a snapshot of `entries` (taken this turn) while later turns go
-        to a fresh log; the old log is removed once the snapshot is safely in place."""
+        to a fresh log; the old log is removed once the snapshot is safely in place.
+
+        A `.log.old` still there (a compaction cut short) may hold what no snapshot
+        does yet, so the log is added to it, not put in its place. A failure is kept in
+        `failing` (the turn goes on: its replies and updates must still leave)."""
         self.commit()
         os.close(self._fd)
-        os.replace(self.log_path, self.old_path)
-        self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = -1  # never a stale number another file or socket could be given
+        try:
+            try:
+                if self.old_path.exists():
+                    with open(self.old_path, "ab") as old:
+                        old.write(self.log_path.read_bytes())
+                    self.log_path.unlink()
+                else:
+                    os.replace(self.log_path, self.old_path)
+            finally:
+                self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as e:
+            self.failing = f"compaction: {e.strerror or e}"
+            logger.error(f"storage {self.log_path}: cannot compact ({self.failing}); will retry")
+            return None
         self.log_bytes = 0
         self.add_meta(meta)
         self._compacting = asyncio.ensure_future(asyncio.to_thread(self._snapshot, entries, meta))
@@ -287,6 +305,12 @@ class Disk:
 
     def _compacted(self, task: asyncio.Task[None]) -> None:
         self._compacting = None
+        if not task.cancelled() and (e := task.exception()) is not None:
+            self.failing = f"snapshot: {e}"
+            logger.error(
+                f"storage {self.snapshot_path}: cannot write a snapshot ({e}); the log "
+                f"{self.old_path.name} is kept and read at the next start"
+            )
 
     def _snapshot(self, entries: Sequence[bytes], meta: Meta) -> None:
         tmp = self.snapshot_path.with_name(self.snapshot_path.name + ".tmp")
