@@ -258,16 +258,14 @@ class Node:
                 "for its whole stream:\n" + "\n".join(loaded.problems[:20])
             )
             self.replicator.forget()
-            ancestors: dict[int, int] = {}
             # Rewrite what was read intact: appending after a damaged frame would hide
             # every later frame from the next start.
             self.disk.compact(list(self.locations), self._meta())
         else:
-            self.replicator.restore(meta.cursors, {})
             ancestors = {e: min(s, head) for e, s in meta.ancestors.items()}
             if meta.epoch:
                 ancestors[meta.epoch] = head
-        self.replicator.ancestors = dict(list(ancestors.items())[-ANCESTORS_KEPT:])
+            self.replicator.restore(meta.cursors, dict(list(ancestors.items())[-ANCESTORS_KEPT:]))
         assert self.disk is not None
         self.disk.add_meta(self._meta())
         self.disk.commit()
