@@ -440,3 +440,39 @@ def test_unwritable_storage_stops_the_server_with_one_clear_line(tmp_path: Path,
     assert str(var) in said[0], said
     why = "a file is in its place" if case == "not-a-folder" else "Read-only|Permission denied"
     assert re.search(why, said[0]), said
+
+
+def test_healthz_says_503_while_the_store_loads_then_200(tmp_path: Path) -> None:
+    """600,000 stored clients take a moment to read back: meanwhile /healthz answers 503
+    with its reason (an orchestrator waits), then 200 once clients are answered."""
+    import urllib.error
+    import urllib.request
+
+    n = 600_000
+    herd = Herd(tmp_path, servers=("Solo",), links=())
+    disk = Disk(tmp_path / "var", "Solo", "no")
+    disk.open()
+    for i in range(n):
+        line = record.make("Solo", "+0.000000001", f"h{i:06x}", "+1+1", f"{1_400_000_000 + i}")
+        disk.add(pack(i + 1, (1_400_000_000 + i) * 1_000_000_000, FROM_CLIENT, line))
+    disk.commit()
+    asyncio.run(disk.close())
+    url = f"http://127.0.0.1:{herd.ports['Solo'][2]}/healthz"
+    seen: list[tuple[int, str]] = []
+
+    def health() -> tuple[int, str] | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                answer = (reply.status, reply.read().decode())
+        except urllib.error.HTTPError as e:
+            answer = (e.code, e.read().decode())
+        except OSError:
+            return None
+        seen.append(answer)
+        return answer
+
+    with herd:
+        herd.start(timeout=60)  # returns once /status answers: the store may still be loading
+        wait_until(lambda: (h := health()) is not None and h[0] == 200, 60, 0.01, "healthy")
+        assert seen[0] == (503, "loading the store\n"), seen[:3]
+        assert herd.status("Solo")["restored"] == n

@@ -204,6 +204,7 @@ class Node:
         ready()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.places.start())
+            status = tasks.create_task(self._status_endpoint())  # 503 while the store loads
             await self._restore()
             bus.start()
             self.replicator.start(loop.time(), self.links.send)
@@ -216,7 +217,6 @@ class Node:
                 background.append(tasks.create_task(self._sync_every_second()))
             self.loaded = True
             self.gateway.release()
-            status = tasks.create_task(self._status_endpoint())
             logger.info(
                 f"{self.name} up: clients on {self.config.host}:{self.config.port}, "
                 f"neighbors {', '.join(self.neighbors) or '(none)'} via bus port "
@@ -230,8 +230,8 @@ class Node:
                 await runner.cleanup()
 
     async def _status_endpoint(self) -> web.AppRunner | None:
-        """HTTP for operators, once clients are served: aiohttp is imported in a thread so
-        that its ~0.4 s of imports never stall the loop."""
+        """HTTP for operators, from while the store loads (/healthz says 503 then): aiohttp
+        is imported in a thread, so its ~0.4 s of imports never stall the loop."""
         if self.config.status_port is None:
             return None
         endpoint = await asyncio.to_thread(importlib.import_module, "zherd.status")
