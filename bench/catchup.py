@@ -221,7 +221,7 @@ def throughput_run(pool: ClientPool, storage: bool, tag: str, args: argparse.Nam
             raise RuntimeError(f"throughput run: sent {sent}, acked {acked}, errors {errors}")
         rows = None
         if storage:  # what the log holds: every acknowledged update was written before its AT
-            rows = herd.status(PAIR[0])["counters"]["wal_records"]
+            rows = herd.status(PAIR[0])["storage"]["entries"]
         return {
             "storage": storage,
             "acked_per_s": total(results, "in_window") / args.duration,

@@ -74,12 +74,6 @@ def _nanoseconds(sign: bytes, whole: bytes, frac: bytes | None) -> int:
     return -ns if sign == b"-" else ns
 
 
-def format_skew(ns: int) -> str:
-    """Signed seconds with exactly 9 decimals: `+0.263873386`, `-0.000012000`."""
-    digits = str(-ns if ns < 0 else ns).rjust(10, "0")
-    return ("-" if ns < 0 else "+") + digits[:-9] + "." + digits[-9:]
-
-
 def parse_line(line: bytes, max_id: int = MAX_ID) -> Event:
     """One command, without its `\\n`. Anything not understood is Invalid(line), and
     so is a client id longer than `max_id` bytes."""

@@ -21,7 +21,6 @@ from gateway.protocol import (
     LineSplitter,
     WhatsAt,
     format_invalid,
-    format_skew,
     format_whatsat,
     parse_line,
 )
@@ -257,23 +256,6 @@ def test_locate_records_origin_and_parsed_fields() -> None:
         -118.445127,
     )
     assert accepted_by_a_neighbor(line, "Alford")  # what a client may send, a neighbor accepts
-
-
-@pytest.mark.parametrize(
-    ("ns", "text"),
-    [
-        (0, "+0.000000000"),
-        (1, "+0.000000001"),
-        (-1, "-0.000000001"),
-        (-12_000, "-0.000012000"),
-        (263873386, "+0.263873386"),
-        (-NS, "-1.000000000"),
-        (123 * NS + 4, "+123.000000004"),
-        (-(10**30) - 5, "-1000000000000000000000.000000005"),
-    ],
-)
-def test_format_skew(ns: int, text: str) -> None:
-    assert format_skew(ns) == text
 
 
 # WHATSAT

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gateway.backend import Fix
 from gateway.limits import Limits
-from gateway.protocol import NS, IAmAt, format_skew
+from gateway.protocol import NS, IAmAt
 from gateway.session import (
     LINE_COST,
     PLACES_COST,
@@ -32,6 +32,7 @@ from gateway.session import (
     WaitTurn,
     Write,
 )
+from zherd.record import format_skew  # what the node answers with, as the node makes it
 
 NOW = 1_700_000_000 * NS  # the server's receive time in every test unless said
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -43,9 +43,6 @@ class Counters:
     iamat_stale: int = 0  # of those, older than what we held (answered, not stored)
     whatsat: int = 0  # WHATSATs answered
     foreign_frames: int = 0  # bus frames from no neighbor, or not authenticated as one
-    wal_writes: int = 0  # durable writes (one per loop turn with something to write)
-    wal_records: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def for_neighbors(cls, neighbors: tuple[str, ...]) -> Counters:

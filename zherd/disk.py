@@ -137,6 +137,8 @@ class Disk:
         self.log_bytes = 0
         self.unsynced = False
         self.writes = 0  # write() calls that carried frames
+        self.entries = 0  # entries those writes carried
+        self._pending_entries = 0
         self.failing: str | None = None  # why the last write failed, until one succeeds
         self.lost: str | None = None  # the log was missing though this server had started before
         self._compacting: asyncio.Task[None] | None = None
@@ -228,12 +230,13 @@ class Disk:
 
     def add(self, entry: bytes) -> None:
         self._pending.append(frame(ENTRY, entry))
+        self._pending_entries += 1
 
     def add_meta(self, meta: Meta) -> None:
         self._pending.append(frame(META, meta.pack()))
 
     def commit(self) -> int:
-        """Write the turn's frames in one call; how many entries went out.
+        """Write the turn's frames in one call; how many frames went out.
 
         A failing disk (full, read-only) keeps the frames for the next turn and says
         why in `failing`: the server goes on serving, from memory and its neighbors.
@@ -258,6 +261,8 @@ class Disk:
             return 0
         self.failing = None
         self.writes += 1
+        self.entries += self._pending_entries
+        self._pending_entries = 0
         self.log_bytes += len(data)
         self._pending = []
         return len(pending)
@@ -346,6 +351,7 @@ class Disk:
             "log": str(self.log_path),
             "log_bytes": self.log_bytes,
             "writes": self.writes,
+            "entries": self.entries,
             "fsync": self.fsync,
             "failing": self.failing,
             "compacting": self._compacting is not None,

@@ -39,8 +39,6 @@ COUNTER_HELP = {
     "iamat_stale": "IAMATs older than the location held (answered, not stored)",
     "whatsat": "WHATSATs answered",
     "foreign_frames": "bus frames dropped: from no neighbor, or not authenticated as one",
-    "wal_writes": "durable storage writes (one per loop turn with something to write)",
-    "wal_records": "records written to storage",
 }
 LINK_HELP = {
     "records_in": "records received from the neighbor",
@@ -86,13 +84,11 @@ def families(node: Node) -> Iterator[Metric]:
 def _counters(node: Node) -> Iterator[Metric]:
     counters = node.counters
     for f in fields(counters):
-        if f.name in ("links", "extra"):
+        if f.name == "links":
             continue
         yield CounterMetricFamily(
             PREFIX + f.name, _help(COUNTER_HELP, f.name), value=getattr(counters, f.name)
         )
-    for name, value in counters.extra.items():
-        yield CounterMetricFamily(PREFIX + name, _help(COUNTER_HELP, name), value=value)
 
 
 def _gauge(name: str, help: str, value: float) -> GaugeMetricFamily:
@@ -163,6 +159,14 @@ def _latencies(latency: Latencies) -> Iterator[Metric]:
 
 def _storage(stats: dict[str, Any]) -> Iterator[Metric]:
     yield _gauge("storage_log_bytes", "bytes in the storage log file", stats["log_bytes"])
+    yield CounterMetricFamily(
+        PREFIX + "storage_writes",
+        "durable writes (one a loop turn with something to write)",
+        value=stats["writes"],
+    )
+    yield CounterMetricFamily(
+        PREFIX + "storage_entries", "locations written to storage", value=stats["entries"]
+    )
     yield _gauge("storage_failing", "1 while the disk refuses writes", 1 if stats["failing"] else 0)
     yield _gauge("storage_compacting", "1 while a compaction runs", stats["compacting"])
 

@@ -162,9 +162,7 @@ class Node:
             return
         if self.replicator.cursors_changed:
             disk.add_meta(self._meta())
-        if written := disk.commit():
-            self.counters.wal_writes += 1
-            self.counters.wal_records += written
+        disk.commit()
         if disk.wants_compaction(len(self.locations)):
             disk.compact(list(self.locations), self._meta())
 

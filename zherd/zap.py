@@ -33,9 +33,6 @@ class Verdict(NamedTuple):
     why: str = ""  # the refusal in full, for the log
 
 
-ADMIT_KINDS = ("not a neighbor", "unknown key", "wrong mechanism", "malformed request")
-
-
 def decide(
     request: list[bytes],
     *,
