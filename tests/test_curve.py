@@ -19,7 +19,6 @@ import stat
 import struct
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ import pytest
 import zmq
 import zmq.auth
 from conftest import MakeHerd
+from relay import Relay
 
 from zherd import keys
 from zherd.config import ConfigError, parse
@@ -302,75 +302,6 @@ def test_a_half_open_connection_does_not_hang_the_link(herd: MakeHerd, tmp_path:
         assert h.procs["B"].poll() is None
     finally:
         relay.close()
-
-
-class Relay:
-    """A TCP relay on 127.0.0.1 whose live connections can be frozen: from then on it
-    reads and discards their bytes and answers nothing, as a vanished host would."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.target = 0
-        self.accepted = 0
-        self.lock = threading.Lock()
-        self.live: list[tuple[socket.socket, socket.socket, threading.Event]] = []
-        self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-
-    def start(self, target: int) -> None:
-        self.target = target
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-            except OSError:
-                conn.close()
-                continue
-            conn.settimeout(None)
-            upstream.settimeout(None)
-            frozen = threading.Event()
-            with self.lock:
-                self.live.append((conn, upstream, frozen))
-                self.accepted += 1
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b, frozen), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, frozen: threading.Event) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(1 << 16):
-                if not frozen.is_set():
-                    dst.sendall(data)
-        if not frozen.is_set():  # a real close is passed on; a frozen one never is
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def freeze(self) -> None:
-        with self.lock:
-            for _, _, frozen in self.live:
-                frozen.set()
-
-    def close(self) -> None:
-        self.closed.set()
-        self.listener.close()
-        with self.lock:
-            for a, b, _ in self.live:
-                a.close()
-                b.close()
-        if self.thread.is_alive():
-            self.thread.join(5)
 
 
 # --- fail closed, IPv6, curve = false -----------------------------------------------------

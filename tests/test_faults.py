@@ -11,11 +11,9 @@ feeder stops at its count or its deadline, whichever comes first.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from relay import Relay
 
 from zherd import keys
 from zherd.disk import Disk
@@ -351,87 +350,6 @@ def test_whole_herd_sigkill_keeps_committed_batches(tmp_path: Path) -> None:
 # --- a cut link, both ends up ---------------------------------------------------------------
 
 
-class Proxy:
-    """A TCP relay on 127.0.0.1 that can be cut (connections closed, new ones refused)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.target = 0
-        self.cut_off = threading.Event()
-        self.closed = threading.Event()
-        self.lock = threading.Lock()
-        self.conns: set[socket.socket] = set()
-        self.accepted = 0
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-
-    def start(self, target: int) -> None:
-        self.target = target
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            if self.cut_off.is_set():
-                conn.close()  # refused: the peer's ZeroMQ keeps retrying
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                conn.close()
-                continue
-            with self.lock:
-                self.conns |= {conn, upstream}
-                self.accepted += 1
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._drop(src, dst)
-
-    def _drop(self, *socks: socket.socket) -> None:
-        with self.lock:
-            for s in socks:
-                self.conns.discard(s)
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def cut(self) -> None:
-        self.cut_off.set()
-        with self.lock:
-            conns = list(self.conns)
-        self._drop(*conns)
-
-    def restore(self) -> None:
-        self.cut_off.clear()
-
-    def close(self) -> None:
-        self.closed.set()
-        self.cut()
-        self.listener.close()
-        if self.thread.is_alive():
-            self.thread.join(5)
-
-
 class SplitHerd(Herd):
     """A Herd whose servers may each read their own topology file (`configs`)."""
 
@@ -461,7 +379,7 @@ def test_cut_link_catch_up_costs_what_was_missed(tmp_path: Path) -> None:
     missed, and Hamilton's status shows Parker's catch-up carried tens of records,
     not the 2000 it holds (the same for Parker's status the other way).
     """
-    to_hamilton, to_parker = Proxy(), Proxy()  # bound first: the herd's ports avoid them
+    to_hamilton, to_parker = Relay(), Relay()  # bound first: the herd's ports avoid them
     herd = SplitHerd(tmp_path, servers=CHAIN, links=CHAIN_LINKS)
     try:
         herd.configs = {}
