@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -16,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from console import START, STOP, Console
 
 from zherd.harness import PAPER_LINKS, PAPER_SERVERS, Client, free_ports, topology_toml, wait_until
 
-START = 60.0  # seconds for a herd to come up on a busy machine
-STOP = 30.0
 READY_LINE = "Ctrl-C stops the herd."
 
 
@@ -39,51 +36,14 @@ def write_topology(
     return path, layout
 
 
-class Zherd:
-    """`python -m zherd ARGS` as a child of the test; killed by pid if a test leaves it."""
-
-    def __init__(self, args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zherd", *args],
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.out = b""
-
-    def read_until(self, marker: str, timeout: float = START) -> str:
-        """Stdout up to and including `marker` (bounded by `timeout`)."""
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while marker.encode() not in self.out:
-            left = deadline - time.monotonic()
-            chunk = os.read(fd, 65536) if select.select([fd], [], [], max(0, left))[0] else None
-            if not chunk:  # timed out, or end of output
-                raise AssertionError(f"no {marker!r} from zherd: {self.out!r}")
-            self.out += chunk
-        return self.out.decode()
-
-    def finish(self, sig: int | None = None, timeout: float = STOP) -> tuple[int, str, str]:
-        """(status, all of stdout, all of stderr), after `sig` if given."""
-        if sig is not None:
-            self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, (self.out + out).decode(), err.decode()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.communicate(timeout=STOP)
-
-
 @pytest.fixture
 def zherd(tmp_path: Path, geonames_index: None) -> Iterator[Any]:
-    started: list[Zherd] = []
+    started: list[Console] = []
 
-    def run(*args: str, env: Mapping[str, str] | None = None) -> Zherd:
-        z = Zherd(list(args), tmp_path, env)
+    def run(*args: str, env: Mapping[str, str] | None = None) -> Console:
+        z = Console(
+            [sys.executable, "-m", "zherd", *args], tmp_path, env=dict(env) if env else None
+        )
         started.append(z)
         return z
 
@@ -142,7 +102,7 @@ def knows(port: int, client_id: str) -> str | None:
 def test_start_all_prints_the_table_once_every_server_listens(tmp_path, zherd, sig) -> None:
     config, layout = write_topology(tmp_path)
     z = zherd("start", "--all", "--config", str(config))
-    out = z.read_until(READY_LINE)
+    out = z.read_until(re.escape(READY_LINE)).string
     rows = table_rows(out)
     assert set(rows) == set(PAPER_SERVERS)
     for name, (port, bus_port) in layout.items():
@@ -172,7 +132,7 @@ def test_start_all_prints_the_table_once_every_server_listens(tmp_path, zherd, s
 def test_start_names_starts_only_those(tmp_path, zherd) -> None:
     config, layout = write_topology(tmp_path)
     z = zherd("start", "Alford", "Powell", "--config", str(config))
-    rows = table_rows(z.read_until(READY_LINE))
+    rows = table_rows(z.read_until(re.escape(READY_LINE)).string)
     assert set(rows) == {"Alford", "Powell"}
     alford = answers(layout["Alford"][0], "names-a")
     wait_until(lambda: knows(layout["Powell"][0], "names-a") == alford, timeout=30)
@@ -207,7 +167,7 @@ def test_a_single_server_accepts_clients_soon_after_exec(tmp_path, zherd) -> Non
             assert chunk, reply
             reply += chunk
     assert reply.startswith(b"AT Hamilton ") and reply.endswith(b" solo +1+1 1.5\n")
-    rows = table_rows(z.read_until(f"tcp://127.0.0.1:{layout['Hamilton'][1]}"))
+    rows = table_rows(z.read_until(re.escape(f"tcp://127.0.0.1:{layout['Hamilton'][1]}")).string)
     assert set(rows) == {"Hamilton"} and rows["Hamilton"][0] == z.proc.pid
     # Its only neighbor (Parker) is not running: shutdown must still be clean.
     status, _, err = z.finish(signal.SIGTERM)
@@ -360,7 +320,7 @@ def test_init_writes_the_default_topology_and_never_overwrites(tmp_path) -> None
 def test_a_server_names_its_process(tmp_path, zherd) -> None:
     config, layout = write_topology(tmp_path)
     z = zherd("start", "Bolden", "--config", str(config))
-    rows = table_rows(z.read_until(f"tcp://127.0.0.1:{layout['Bolden'][1]}"))
+    rows = table_rows(z.read_until(re.escape(f"tcp://127.0.0.1:{layout['Bolden'][1]}")).string)
     pid = rows["Bolden"][0]
     assert Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0") == b"zherd: Bolden"
     status, _, err = z.finish(signal.SIGTERM)
