@@ -29,6 +29,7 @@ import pytest
 import zmq
 import zmq.auth
 from conftest import MakeHerd
+from console import Console
 from relay import Relay
 
 from zherd import keys
@@ -499,26 +500,16 @@ def test_a_public_key_without_its_secret_is_never_replaced(tmp_path: Path) -> No
 
 def test_zherd_start_makes_missing_keys_and_says_so(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zherd", "start", "--all", "--config", str(config)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    herd = Console(
+        [sys.executable, "-m", "zherd", "start", "--all", "--config", str(config)], tmp_path
     )
     try:
-        out = ""
-        assert proc.stdout is not None
-        while "Ctrl-C stops the herd." not in out:
-            line = proc.stdout.readline()
-            assert line, (out, proc.stderr.read() if proc.poll() is not None else "")
-            out += line
+        out = herd.read_until(re.escape("Ctrl-C stops the herd.")).string
         assert re.search(r"made CURVE keys for A, B, C in \S+keys", out), out
         assert out.index("made CURVE keys") < out.index("server ")  # before the table
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
-    assert proc.returncode == 0
+        status, _, _ = herd.finish(signal.SIGTERM)
+    assert status == 0
     for name in CHAIN:
         assert keys.load_secret(tmp_path / "keys", name)
 
@@ -563,29 +554,19 @@ def test_start_all_starts_only_the_servers_hosted_here(tmp_path: Path) -> None:
     (C is no neighbor of theirs, so no test traffic leaves loopback; tests/multihost runs
     servers that reach each other across hosts.)"""
     config = write_config(tmp_path, links=(("A", "B"),), C={"host": ELSEWHERE})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zherd", "start", "--all", "--config", str(config)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    herd = Console(
+        [sys.executable, "-m", "zherd", "start", "--all", "--config", str(config)], tmp_path
     )
     try:
-        out = ""
-        assert proc.stdout is not None
-        while "Ctrl-C stops the herd." not in out:
-            line = proc.stdout.readline()
-            assert line, (out, proc.stderr.read() if proc.poll() is not None else "")
-            out += line
+        out = herd.read_until(re.escape("Ctrl-C stops the herd.")).string
         assert re.search(r"^A\s", out, re.M) and re.search(r"^B\s", out, re.M)
         assert not re.search(r"^C\s", out, re.M), out
         assert "made CURVE keys for A, B " in out
         assert "not starting C (hosted elsewhere)" in out
         assert not keys.secret_path(tmp_path / "keys", "C").exists()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+        status, _, err = herd.finish(signal.SIGTERM)
+    assert status == 0, err
 
 
 # --- the topology's [security] table, host and bind ---------------------------------------------

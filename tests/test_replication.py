@@ -924,6 +924,21 @@ def recorder() -> tuple[list[tuple[str, Message]], Send]:
     return sent, send
 
 
+class FullLink:
+    """A link that takes `budget` more messages, then refuses (a neighbor's queue full)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.sent: list[Message] = []
+
+    def __call__(self, peer: str, message: Message) -> bool:
+        if self.budget == 0:
+            return False
+        self.budget -= 1
+        self.sent.append(message)
+        return True
+
+
 def replicator(neighbors: tuple[str, ...] = ("B",), **options: float) -> Replicator:
     options.setdefault("cheap_rewind", 0)  # stores of a few records: every rewind counts
     return Replicator("A", 0xA, neighbors, Locations(), RULES, links_of(neighbors), **options)  # type: ignore[arg-type]
@@ -1154,23 +1169,13 @@ def test_a_catch_up_blocked_midway_stays_bulk_and_what_is_stored_meanwhile_is_li
     a = replicator()
     own(a, 3 * CHUNK_BYTES // 60)
     head = a.store.head
-    budget = 2  # the first-contact Sync and one chunk
-    got: list[Message] = []
-
-    def send(peer: str, message: Message) -> bool:
-        nonlocal budget
-        if budget == 0:
-            return False
-        budget -= 1
-        got.append(message)
-        return True
-
+    send = FullLink(2)  # the first-contact Sync and one chunk
     a.receive("B", Sync(0xB, 0, 0), 0.0, LATEST)
     assert not a.flush(send)
     a.store.put(b"live", 2 * NS, b"A", record("live", "2", "A"), FROM_CLIENT)
-    budget = 100
+    send.budget = 100
     assert a.flush(send)  # the rest of the catch-up, then what was stored meanwhile
-    sent = [m for m in got if isinstance(m, Updates)]
+    sent = [m for m in send.sent if isinstance(m, Updates)]
     assert all(m.bulk for m in sent if m.last <= head)
     assert sent[-1].records[-1] == record("live", "2", "A")
     assert not sent[-1].bulk or sent[-1].last == head
@@ -1272,21 +1277,12 @@ def test_a_sync_during_a_blocked_run_restarts_from_the_neighbors_position() -> N
     a = replicator()
     n = 3 * CHUNK_BYTES // 60
     own(a, n)
-    budget = 2  # the first-contact Sync and one chunk, then the link is full
-    sent: list[Message] = []
-
-    def send(peer: str, message: Message) -> bool:
-        nonlocal budget
-        if budget == 0:
-            return False
-        budget -= 1
-        sent.append(message)
-        return True
-
+    send = FullLink(2)  # the first-contact Sync and one chunk, then the link is full
+    sent = send.sent
     a.receive("B", Sync(0xB, 0, 0), 0.0, LATEST)
     assert not a.flush(send)
     assert [type(m) for m in sent] == [Sync, Updates]
-    budget, mark = 100, len(sent)
+    send.budget, mark = 100, len(sent)
     a.receive("B", Sync(0xB, 0xA, 0), 0.1 + FULL_RESEND, LATEST)  # the chunk never arrived
     assert a.flush(send)
     resent = [m for m in sent[mark:] if isinstance(m, Updates)]
