@@ -3,6 +3,7 @@ level, whatever a client or neighbor sent; bounded per line and per turn."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -13,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
+from gateway.protocol import format_whatsat
 from zherd import logs
 from zherd.config import LoggingConfig
-from zherd.journal import Journal
+from zherd.journal import PLACES_SHOWN, Journal
 
 PREFIX = re.compile(
     r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z \| Alford \| (INFO   |WARNING|ERROR  ) \| "
@@ -113,6 +115,26 @@ def test_a_forged_line_stays_inside_its_event(log: LogLines) -> None:
     assert body(lines[0]).startswith("client peer <- x\\x0a2026")
     assert body(lines[1]) == "client peer -> x"
     assert body(lines[2]).startswith("client peer -> 2026")  # a line the client sent itself
+
+
+def test_a_whatsat_reply_is_its_at_line_and_one_line_for_its_places(log: LogLines) -> None:
+    log.new()
+    places = json.dumps({"results": [{"name": f"place {i}"} for i in range(300)]}, indent=2)
+    sent = b"AT one\n" + format_whatsat(b"AT two", places.encode()) + b"? three\n"
+    sent += format_whatsat(b"AT four", b'{"results": []}')
+    journal = Journal("Alford")
+    journal.client("peer", [b"IAMAT", b"WHATSAT", b"x", b"WHATSAT"], sent)
+    journal.write()
+    out = [body(line) for line in log.new()][4:]
+    assert out[:2] == ["client peer -> AT one", "client peer -> AT two"]
+    head = f"client peer -> places JSON ({len(places)} bytes): "
+    assert out[2].startswith(head + '{ "results": [ { "name": "place 0" }, {')
+    assert out[2].endswith(" ...") and len(out[2]) == len(head) + PLACES_SHOWN + 4
+    assert out[3:] == [
+        "client peer -> ? three",
+        "client peer -> AT four",
+        'client peer -> places JSON (15 bytes): {"results": []}',
+    ]
 
 
 def test_a_64_kb_line_is_cut_with_its_length_noted(log: LogLines) -> None:

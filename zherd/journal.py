@@ -9,11 +9,14 @@ rotation size. Warnings (hostile or broken input) are written at once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from zherd import logs
 
 MAX_TURN_BYTES = 4 << 20
+PLACES_SHOWN = 400  # bytes of a WHATSAT's places JSON shown in its one log line
+_INDENT = re.compile(rb"\n\s*")  # a line break of the JSON and the indentation after it
 
 
 class Journal:
@@ -37,12 +40,13 @@ class Journal:
         self._events.append(event)
 
     def client(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
-        """A batch of one client connection: each line in, each line out."""
+        """A batch of one client connection: each line in, each reply out."""
         if received:
             self._lines(f"client {peer} <- ", received, b"\n".join(received))
         if sent:
             sent = sent.rstrip(b"\n")
-            self._lines(f"client {peer} -> ", sent.split(b"\n"), sent)
+            replies = reply_events(sent) if b"\n{" in sent else sent.split(b"\n")
+            self._lines(f"client {peer} -> ", replies, b"\n".join(replies))
 
     def _lines(self, head: str, lines: Sequence[bytes], joined: bytes) -> None:
         """One event per line. The batch is decoded once and scanned once (in C) for
@@ -72,3 +76,25 @@ class Journal:
 
     def warn(self, events: Sequence[str]) -> None:
         logs.write(self.server, "WARNING", events)
+
+
+def reply_events(sent: bytes) -> list[bytes]:
+    """Replies as log events: each AT or ? line, and a WHATSAT's places JSON as one event
+    (a few hundred lines of JSON, each an event, once cost more than finding the places).
+
+    A WHATSAT reply is its AT line, the JSON (the only line that starts with `{`), and a
+    blank line (gateway.protocol.format_whatsat)."""
+    events: list[bytes] = []
+    for chunk in sent.split(b"\n\n"):
+        lines, brace, body = chunk.partition(b"\n{")
+        events += lines.split(b"\n")
+        if brace:
+            events.append(places_event(b"{" + body))
+    return events
+
+
+def places_event(body: bytes) -> bytes:
+    """A places JSON on one line: its size, and its start with the line breaks flattened."""
+    flat = _INDENT.sub(b" ", body[: 4 * PLACES_SHOWN])  # indentation takes room: 4x is plenty
+    shown = flat if len(flat) <= PLACES_SHOWN else flat[:PLACES_SHOWN] + b" ..."
+    return b"places JSON (%d bytes): %s" % (len(body), shown)
