@@ -1,10 +1,12 @@
 """A loop turn's log: every line in and out, every bus message, as one record.
 
 One record per turn, not one call per line (a loguru call costs ~9 us, a line of a
-batch ~0.15 us). A turn's record is bounded: each line is cut at
-`logs.MAX_LOGGED` characters, and past `max_bytes` a turn logs how many lines it
-left out instead of them, so no burst can write a record larger than the
-rotation size. Warnings (hostile or broken input) are written at once.
+batch ~0.15 us). Lines that arrive together (a client's batch, a message's records)
+stay together: decoded, checked and prefixed as one text, in C, so that a record
+costs the log ~0.1 us whatever the batch. A turn's record is bounded: each line is
+cut at `logs.MAX_LOGGED` bytes, and past `max_bytes` a turn logs how many lines it
+left out instead of them, so no burst can write a record larger than the rotation
+size. Warnings (hostile or broken input) are written at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ _INDENT = re.compile(rb"\n\s*")  # a line break of the JSON and the indentation 
 
 
 class Journal:
+    """The turn's events, in order. An entry of `_events` is one event or several, one a
+    line: every line break in it separates two events (none is inside one)."""
+
     __slots__ = ("_bytes", "_events", "_left_out", "max_bytes", "server")
 
     def __init__(self, server: str, max_bytes: int = MAX_TURN_BYTES) -> None:
@@ -33,6 +38,7 @@ class Journal:
         return bool(self._events or self._left_out)
 
     def add(self, event: str) -> None:
+        """One event, escaped already (`logs.escape`)."""
         if self._bytes > self.max_bytes:
             self._left_out += 1
             return
@@ -42,29 +48,36 @@ class Journal:
     def client(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
         """A batch of one client connection: each line in, each reply out."""
         if received:
-            self._lines(f"client {peer} <- ", received, b"\n".join(received))
+            self.lines(f"client {peer} <- ", received)
         if sent:
             sent = sent.rstrip(b"\n")
-            replies = reply_events(sent) if b"\n{" in sent else sent.split(b"\n")
-            self._lines(f"client {peer} -> ", replies, b"\n".join(replies))
+            self.lines(
+                f"client {peer} -> ", reply_events(sent) if b"\n{" in sent else sent.split(b"\n")
+            )
 
-    def _lines(self, head: str, lines: Sequence[bytes], joined: bytes) -> None:
-        """One event per line. The batch is decoded once and scanned once (in C) for
-        anything to escape or cut; only a batch that has some goes line by line."""
+    def lines(self, head: str, lines: Sequence[object]) -> None:
+        """Lines a client or neighbor sent or was sent, each an event behind `head`.
+
+        The batch is joined, decoded and scanned once for anything to escape; only a
+        batch that has some (or a line to cut, or something not bytes) goes line by line."""
+        if not lines:
+            return
         if self._bytes > self.max_bytes:
             self._left_out += len(lines)
             return
-        text = joined.decode("utf-8", "backslashreplace")
-        parts = text.split("\n")
-        if (
-            len(parts) != len(lines)
-            or logs.needs_care(text)
-            or max(map(len, parts)) > logs.MAX_LOGGED
-        ):
-            parts = [logs.shown(line) for line in lines]
-        events = [head + part for part in parts]
-        self._bytes += len(text) + len(head) * len(parts)
-        self._events += events
+        try:
+            text = b"\n".join(lines).decode("utf-8", "backslashreplace")  # type: ignore[arg-type]
+            careful = (
+                max(map(len, lines)) > logs.MAX_LOGGED  # type: ignore[arg-type]
+                or text.count("\n") != len(lines) - 1  # a line break inside a line
+                or logs.needs_care(text)
+            )
+        except TypeError:  # not all bytes (a neighbor's records are checked later)
+            careful = True
+        if careful:
+            text = "\n".join(map(_shown, lines))
+        self._bytes += len(text) + len(head) * len(lines)
+        self._events.append(head + text.replace("\n", "\n" + head))
 
     def write(self) -> None:
         """The turn's record, once per turn."""
@@ -76,6 +89,13 @@ class Journal:
 
     def warn(self, events: Sequence[str]) -> None:
         logs.write(self.server, "WARNING", events)
+
+
+def _shown(line: object) -> str:
+    """A line as the log shows it, the careful way (`logs.shown`)."""
+    if type(line) is bytes:
+        return logs.shown(line)
+    return f"(not bytes: {logs.escape(repr(line)[:200])})"
 
 
 def reply_events(sent: bytes) -> list[bytes]:

@@ -69,8 +69,7 @@ class Links:
             for entry in replicator.receive(peer, message, now, latest_ns):
                 stored(entry)
             if not isinstance(message, wire.Heartbeat):
-                for line in describe(f"bus <- {peer}", message):
-                    journal.add(line)
+                log(journal, f"bus <- {peer}", message)
         for why in dropped:
             self.counters.foreign_frames += 1
             warnings.append(f"bus: {logs.escape(why)}: dropped")
@@ -111,8 +110,7 @@ class Links:
             return False
         self.counters.links[peer].messages_out += 1
         if not isinstance(message, wire.Heartbeat):
-            for line in describe(f"bus -> {peer}", message):
-                self.journal.add(line)
+            log(self.journal, f"bus -> {peer}", message)
         return True
 
     async def heartbeats(self) -> None:
@@ -127,43 +125,21 @@ class Links:
             self.turn_soon()
 
 
-def describe(prefix: str, message: wire.Message) -> list[str]:
-    """Log lines for a bus message: live records one line each, a catch-up as its range."""
+def log(journal: Journal, prefix: str, message: wire.Message) -> None:
+    """A bus message in the log: live records one line each, as the AT lines they stand
+    for (what an operator greps for); a catch-up as its range and count."""
     if isinstance(message, wire.Updates):
         head = f"{prefix}: updates ({message.first}, {message.last}] epoch {message.epoch:x}"
         if message.bulk:
-            return [f"{head}: catch-up, {len(message.records)} records"]
-        return [head, *_record_lines(f"{prefix}:   ", message.records)]
-    if isinstance(message, wire.Sync):
+            journal.add(f"{head}: catch-up, {len(message.records)} records")
+            return
+        journal.add(head)
+        journal.lines(f"{prefix}:   AT ", message.records)
+    elif isinstance(message, wire.Sync):
         known = f"{message.known_seq} of epoch {message.known_epoch:x}"
-        return [f"{prefix}: sync from epoch {message.epoch:x}, holding {known}"]
-    return [f"{prefix}: {message}"]
-
-
-def _record_lines(head: str, records: tuple[object, ...]) -> list[str]:
-    """`head` + each record as its AT line. One decode for the whole message (the hot
-    path of a busy server's log); a record that is long, not text, or holds a control
-    character is shown the careful way."""
-    try:
-        lines = b"\n".join(records).decode("utf-8", "backslashreplace").split("\n")  # type: ignore[arg-type]
-    except TypeError:  # not all bytes
-        lines = []
-    if len(lines) != len(records):
-        return [head + _shown_record(r) for r in records]
-    limit = logs.MAX_LOGGED
-    return [
-        f"{head}AT {line}"
-        if len(line) <= limit and line.isprintable()
-        else head + _shown_record(record)
-        for line, record in zip(lines, records, strict=True)
-    ]
-
-
-def _shown_record(record: object) -> str:
-    """A record as the AT line it stands for (what an operator greps for)."""
-    if type(record) is bytes:
-        return "AT " + logs.shown(record)
-    return logs.escape(repr(record)[:200])
+        journal.add(f"{prefix}: sync from epoch {message.epoch:x}, holding {known}")
+    else:
+        journal.add(f"{prefix}: {message}")
 
 
 def describe_event(event: Event) -> str:

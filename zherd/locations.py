@@ -20,6 +20,7 @@ from zherd.record import client_of
 
 HEADER = struct.Struct("<QqB")  # seq, client time (ns), via
 RECORD = slice(HEADER.size, None)  # the record: an entry's bytes after its header
+VIA = HEADER.size - 1  # the index of an entry's `via` byte
 FROM_CLIENT = 255  # `via` of an update a client told this server
 _MIN_NS, _MAX_NS = -(2**63), 2**63 - 1  # a time beyond these orders as the bound
 
@@ -33,7 +34,7 @@ def seq_of(entry: bytes) -> int:
 
 
 def via_of(entry: bytes) -> int:
-    return entry[HEADER.size - 1]
+    return entry[VIA]
 
 
 def record_of(entry: bytes) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,12 @@ def prefix(server: str, level: str, when: datetime | None = None) -> str:
     return f"{stamp(when)} | {server} | {level:<{LEVEL_WIDTH}} | "
 
 
-def lines(head: str, body: Iterable[str]) -> str:
-    """Event lines that share one prefix, joined for one write."""
-    return "".join(head + line + "\n" for line in body)
+def lines(head: str, body: Sequence[str]) -> str:
+    """Event lines that share one prefix, joined for one write. Every line break gets
+    the prefix, so an entry may hold several events (`journal.Journal`): one pass in C."""
+    if not body:
+        return ""
+    return head + "\n".join(body).replace("\n", "\n" + head) + "\n"
 
 
 def _format(record: dict[str, Any]) -> str:
@@ -85,7 +88,7 @@ def _format(record: dict[str, Any]) -> str:
         text = record["message"]
         if record["exception"] is not None:
             text += "\n" + "".join(traceback.format_exception(*record["exception"])).rstrip("\n")
-        extra["raw"] = lines(head, map(escape, text.split("\n")))
+        extra["raw"] = lines(head, [escape(line) for line in text.split("\n")])
     return "{extra[raw]}"
 
 
@@ -121,7 +124,7 @@ def setup(server: str, config: LoggingConfig, console_level: str = "WARNING") ->
     return path
 
 
-def write(server: str, level: str, events: Iterable[str]) -> None:
+def write(server: str, level: str, events: Sequence[str]) -> None:
     """Several events as one record: one write, every line prefixed. The journal's INFO
     records (the hot path) go straight to the file; anything more severe also goes
     through loguru, to reach the console."""

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from zherd.counters import LinkCounters
-from zherd.locations import HEADER, RECORD, Locations, seq_of, via_of
+from zherd.locations import HEADER, RECORD, VIA, Locations, seq_of, via_of
 from zherd.record import Valid, check
 from zherd.wire import Heartbeat, Message, Sync, Updates
 
@@ -97,6 +97,18 @@ class Outbound:
     catchup_to: int = 0  # what a served Sync owes it runs to here; later records are live
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """The store past a cursor, as one flush found it."""
+
+    entries: list[bytes]
+    records: tuple[bytes, ...]  # each entry's record
+    vias: bytes  # each entry's `via`: where it came from
+    first: int  # the first entry's seq
+    last: int  # the store's head: where the run ends
+    size: int  # what its records take in a message
+
+
 @dataclass
 class Inbound:
     """A neighbor's stream to us."""
@@ -153,6 +165,8 @@ class Replicator:
         self.events: list[Event] = []  # for the node's log, taken with `take_events`
         self.cursors_changed = False  # inbound positions moved since `cursors()` was last read
         self.now = -math.inf  # the latest time a caller gave (flush is given none)
+        self._runs: dict[int, Run] = {}  # the runs past cursors at this head (see `_run`)
+        self._runs_head = -1
 
     # restart
 
@@ -308,8 +322,11 @@ class Replicator:
     def _flush_one(self, peer: str, out: Outbound, send: Send) -> bool:
         store = self.store
         if not out.pending and store.head > out.cursor:  # type: ignore[operator]
-            out.pending.extend(store.since(out.cursor))  # type: ignore[arg-type]
-            out.pending_to = store.head
+            run = self._run(out.cursor)  # type: ignore[arg-type]
+            if run.size <= CHUNK_BYTES:  # the live flow: one message, no loop over entries
+                return self._send_run(peer, out, run, send)
+            out.pending.extend(run.entries)
+            out.pending_to = run.last
         pending = out.pending
         if out.confirm and not pending:
             if not send(peer, Updates(self.epoch, out.tip, out.tip, ())):
@@ -340,6 +357,51 @@ class Replicator:
             out.cursor = last
         if store.head > out.cursor:  # stored while this run was held back: it goes now too
             return self._flush_one(peer, out, send)
+        return True
+
+    def _run(self, cursor: int) -> Run:
+        """The store past `cursor`, taken once per flush for every neighbor at `cursor`."""
+        runs = self._runs
+        if self._runs_head != self.store.head:
+            runs.clear()
+            self._runs_head = self.store.head
+        run = runs.get(cursor)
+        if run is None:
+            entries = self.store.since(cursor)
+            records = tuple([entry[RECORD] for entry in entries])
+            run = runs[cursor] = Run(
+                entries,
+                records,
+                bytes([entry[VIA] for entry in entries]),
+                seq_of(entries[0]),
+                self.store.head,
+                sum(map(len, records)) + RECORD_OVERHEAD * len(records),
+            )
+        return run
+
+    def _send_run(self, peer: str, out: Outbound, run: Run, send: Send) -> bool:
+        """A run that fits one message: its records, less what came from `peer` (unless
+        the neighbor must get those back too: `resend_until`)."""
+        via, records = self.via[peer], run.records
+        if via in run.vias and run.first > out.resend_until:
+            records = tuple([r for r, v in zip(records, run.vias, strict=True) if v != via])
+        elif via in run.vias:
+            records = tuple(
+                [
+                    entry[RECORD]
+                    for entry in run.entries
+                    if via_of(entry) != via or seq_of(entry) <= out.resend_until
+                ]
+            )
+        if records or out.confirm:
+            bulk = run.last <= out.catchup_to
+            if not send(peer, Updates(self.epoch, out.tip, run.last, records, bulk)):
+                out.pending.extend(run.entries)
+                out.pending_to = run.last
+                return False
+            out.tip, out.confirm = run.last, False
+            self.links[peer].records_out += len(records)
+        out.cursor = run.last
         return True
 
     # time passing
