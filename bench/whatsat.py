@@ -170,7 +170,7 @@ def measure(run: Run) -> Result:
         run.advance()
         for rep in range(args.repeats):
             run.status(f"latency #{rep + 1}")
-            res, _ = load(RequestResponse, args.latency_conns, args.duration, 0.3)
+            res, rr_usage = load(RequestResponse, args.latency_conns, args.duration, 0.3)
             lat = [x for r in res for x in r["latencies"]]
             run.advance()
             run.status(f"throughput #{rep + 1}")
@@ -193,10 +193,13 @@ def measure(run: Run) -> Result:
                     "pipelined_rate": total(res2, "in_window") / args.duration,
                     "errors": total(res, "errors") + total(res2, "errors"),
                     "server_cpu": {n: usage.get(pid) for n, pid in pids.items()},
+                    "server_cpu_rr": {n: rr_usage.get(pid) for n, pid in pids.items()},
+                    "client_cpu_rr": max((r["cpu_fraction"] or 0) for r in res),
                     "latency_histogram_ms": histogram([x * 1e3 for x in lat]),
                 }
             )
         mem_end = {n: memory(pid) for n, pid in pids.items()}
+        gc_end = {n: herd.status(n)["gc"] for n in pids}
 
     rss_mb = [m["rss"] / 2**20 for m in mem_warm.values() if m["rss"]]
     figures = {
@@ -204,6 +207,7 @@ def measure(run: Run) -> Result:
         "errors": sum(r["errors"] for r in runs),
         "memory_after_warmup": mem_warm,
         "memory_at_end": mem_end,
+        "gc_at_end": gc_end,  # each server's collections and longest pause (/status)
         "rss_mb_max": max(rss_mb) if rss_mb else None,
         "places_in_index": n_places,
         "seeded_clients": len(clients),

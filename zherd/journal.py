@@ -11,14 +11,12 @@ size. Warnings (hostile or broken input) are written at once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from zherd import logs
 
 MAX_TURN_BYTES = 4 << 20
 PLACES_SHOWN = 400  # bytes of a WHATSAT's places JSON shown in its one log line
-_INDENT = re.compile(rb"\n\s*")  # a line break of the JSON and the indentation after it
 
 
 class Journal:
@@ -114,7 +112,8 @@ def reply_events(sent: bytes) -> list[bytes]:
 
 
 def places_event(body: bytes) -> bytes:
-    """A places JSON on one line: its size, and its start with the line breaks flattened."""
-    flat = _INDENT.sub(b" ", body[: 4 * PLACES_SHOWN])  # indentation takes room: 4x is plenty
+    """A places JSON on one line: its size, and its start with each run of whitespace (a
+    line break and the indentation after it) shown as one space."""
+    flat = b" ".join(body[: 4 * PLACES_SHOWN].split())  # indentation takes room: 4x is plenty
     shown = flat if len(flat) <= PLACES_SHOWN else flat[:PLACES_SHOWN] + b" ..."
     return b"places JSON (%d bytes): %s" % (len(body), shown)
