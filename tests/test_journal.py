@@ -262,3 +262,8 @@ def test_any_bytes_from_a_client_make_one_prefixed_line_per_event(
         body(line).startswith(("client peer <- ", "client peer -> "))
         for line in lines[: events - len(notes)]
     )
+
+
+@given(st.binary() | st.text().map(str.encode))
+def test_bytes_need_care_exactly_when_their_text_does(data: bytes) -> None:
+    assert logs.bytes_need_care(data) == logs.needs_care(data.decode("utf-8", "backslashreplace"))

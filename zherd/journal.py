@@ -64,16 +64,18 @@ class Journal:
             self._left_out += len(lines)
             return
         try:
-            text = b"\n".join(lines).decode("utf-8", "backslashreplace")  # type: ignore[arg-type]
+            joined = b"\n".join(lines)  # type: ignore[arg-type]
             careful = (
                 max(map(len, lines)) > logs.MAX_LOGGED  # type: ignore[arg-type]
-                or text.count("\n") != len(lines) - 1  # a line break inside a line
-                or logs.needs_care(text)
+                or joined.count(b"\n") != len(lines) - 1  # a line break inside a line
+                or logs.bytes_need_care(joined)
             )
         except TypeError:  # not all bytes (a neighbor's records are checked later)
             careful = True
         if careful:
             text = "\n".join(map(_shown, lines))
+        else:
+            text = joined.decode("utf-8", "backslashreplace")
         self._bytes += len(text) + len(head) * len(lines)
         self._events.append(head + text.replace("\n", "\n" + head))
 

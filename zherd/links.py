@@ -37,14 +37,14 @@ class Links:
         replicator: Replicator,
         counters: Counters,
         journal: Journal,
-        stored: Callable[[bytes], None],
+        stored: Callable[[list[bytes]], None],
         turn_soon: Callable[[], None],
         max_future_ns: int,
     ) -> None:
         self.replicator = replicator
         self.counters = counters
         self.journal = journal
-        self.stored = stored  # an entry a neighbor's message stored
+        self.stored = stored  # the entries a neighbor's message stored
         self.turn_soon = turn_soon
         self.max_future_ns = max_future_ns
         self.bus: Bus | None = None
@@ -66,8 +66,8 @@ class Links:
                 self.counters.links[peer].malformed += 1
                 warnings.append(f"bus <- {peer}: malformed message dropped ({len(payload)} bytes)")
                 continue
-            for entry in replicator.receive(peer, message, now, latest_ns):
-                stored(entry)
+            if entries := replicator.receive(peer, message, now, latest_ns):
+                stored(entries)
             if not isinstance(message, wire.Heartbeat):
                 log(journal, f"bus <- {peer}", message)
         for why in dropped:

@@ -37,9 +37,21 @@ _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
 _CARE = re.compile("[" + "".join(re.escape(chr(c)) for c in _ESCAPES if c != 0x0A) + "]")
 
 
+# The ASCII part of it: every control byte but the line feed.
+_CARE_ASCII = bytes(c for c in _ESCAPES if c < 0x80 and c != 0x0A)
+
+
 def needs_care(text: str) -> bool:
     """Whether lines joined by line feeds hold anything to escape (one scan, in C)."""
     return _CARE.search(text) is not None
+
+
+def bytes_need_care(data: bytes) -> bool:
+    """`needs_care` for lines of bytes joined by line feeds, before decoding. ASCII (the
+    usual case) is decided by a byte translation, several times faster than the regex."""
+    if data.isascii():
+        return len(data.translate(None, _CARE_ASCII)) != len(data)
+    return needs_care(data.decode("utf-8", "backslashreplace"))
 
 
 def escape(text: str) -> str:

@@ -86,7 +86,7 @@ class Node:
             self.replicator,
             self.counters,
             self.journal,
-            self._stored,
+            self._stored_all,
             self.turn.soon,
             rules.max_future_ns,
         )
@@ -153,6 +153,11 @@ class Node:
     def _stored(self, entry: bytes) -> None:
         if self.disk is not None:
             self.disk.add(entry)
+        self.turn.soon()
+
+    def _stored_all(self, entries: list[bytes]) -> None:
+        if self.disk is not None:
+            self.disk.add_all(entries)
         self.turn.soon()
 
     def _commit(self) -> None:

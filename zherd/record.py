@@ -100,19 +100,21 @@ def check(line: object, origins: frozenset[bytes], latest_ns: int, max_id: int) 
     m = _LINE.fullmatch(line)
     if m is None:
         return Rejected("not a record")
-    if m[ORIGIN] not in origins:
+    origin, client_id, lat, lon, sign, whole, frac = m.groups()
+    if origin not in origins:
         return Rejected("origin is no server of the topology")
-    client_id = m[CLIENT]
     if len(client_id) > max_id:
         return Rejected("client id too long")
     if not client_id.isascii() and not _utf8(client_id):
         return Rejected("client id is not UTF-8")  # no IAMAT can carry it
-    if not (within(m[LAT], 90) and within(m[LON], 180)):
+    if not (-90.0 < float(lat) < 90.0 and -180.0 < float(lon) < 180.0) and not (
+        within(lat, 90) and within(lon, 180)  # on a limit, or past it: exactly
+    ):
         return Rejected("coordinates out of range")
-    time_ns = nanoseconds(m[SIGN], m[WHOLE], m[FRAC])
+    time_ns = nanoseconds(sign, whole, frac)
     if time_ns > latest_ns:
         return Rejected("time too far in the future")
-    return Valid(client_id, m[ORIGIN], time_ns)
+    return Valid(client_id, origin, time_ns)
 
 
 def _utf8(data: bytes) -> bool:
