@@ -26,7 +26,7 @@ class Backend(Protocol):
     def iamat(self, event: IAmAt, received_ns: int) -> bytes:
         """Record a client's fix; its AT line, without the newline."""
 
-    def lookup(self, client_id: str) -> Fix | None: ...
+    def lookup(self, client_id: bytes) -> Fix | None: ...
 
     def find_places(self, lat: float, lon: float, radius_km: float, count: int) -> Awaitable[bytes]:
         """The places near a point as a JSON document (legacy Nearby Search shape)."""

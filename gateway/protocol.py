@@ -34,16 +34,19 @@ _NEWLINES = re.compile(rb"\n+")
 
 
 class IAmAt(NamedTuple):
-    client_id: str
-    coords: str
-    time: str
+    """Fields as the client sent them, in bytes: the record is made of them unchanged
+    (the client id is UTF-8: checked here)."""
+
+    client_id: bytes
+    coords: bytes
+    time: bytes
     time_ns: int
     lat: float
     lon: float
 
 
 class WhatsAt(NamedTuple):
-    client_id: str
+    client_id: bytes
     radius_km: float
     count: int
 
@@ -76,24 +79,20 @@ def _nanoseconds(sign: bytes, whole: bytes, frac: bytes | None) -> int:
 
 def parse_line(line: bytes, max_id: int = MAX_ID) -> Event:
     """One command, without its `\\n`. Anything not understood is Invalid(line), and
-    so is a client id longer than `max_id` bytes."""
-    try:
-        if (m := _IAMAT.fullmatch(line)) is not None:
-            return _iamat(m, line, max_id)
-        if (m := _WHATSAT.fullmatch(line)) is not None:
-            return _whatsat(m, line, max_id)
-    except UnicodeDecodeError:
-        pass
+    so is a client id longer than `max_id` bytes or not UTF-8."""
+    if (m := _IAMAT.fullmatch(line)) is not None:
+        return _iamat(m, line, max_id)
+    if (m := _WHATSAT.fullmatch(line)) is not None:
+        return _whatsat(m, line, max_id)
     return Invalid(line)
 
 
 def _iamat(m: re.Match[bytes], line: bytes, max_id: int) -> Event:
     client_id, coords, lat_text, lon_text, time, sign, whole, frac = m.groups()
     point = _point(lat_text, lon_text)
-    if point is None or len(client_id) > max_id:
+    if point is None or not _client_id(client_id, max_id):
         return Invalid(line)
-    time_ns = _nanoseconds(sign, whole, frac)
-    return IAmAt(client_id.decode(), coords.decode(), time.decode(), time_ns, *point)
+    return IAmAt(client_id, coords, time, _nanoseconds(sign, whole, frac), *point)
 
 
 def _whatsat(m: re.Match[bytes], line: bytes, max_id: int) -> Event:
@@ -101,9 +100,22 @@ def _whatsat(m: re.Match[bytes], line: bytes, max_id: int) -> Event:
     radius_km, n = float(radius), int(count)
     if not (radius_km > 0 and _within(radius_km, radius, MAX_RADIUS_KM)):
         return Invalid(line)
-    if not 1 <= n <= MAX_RESULTS or len(client_id) > max_id:
+    if not 1 <= n <= MAX_RESULTS or not _client_id(client_id, max_id):
         return Invalid(line)
-    return WhatsAt(client_id.decode(), radius_km, n)
+    return WhatsAt(client_id, radius_km, n)
+
+
+def _client_id(client_id: bytes, max_id: int) -> bool:
+    """At most `max_id` bytes of UTF-8."""
+    if len(client_id) > max_id:
+        return False
+    if client_id.isascii():
+        return True
+    try:
+        client_id.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def format_invalid(line: bytes) -> bytes:

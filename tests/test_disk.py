@@ -23,13 +23,13 @@ from zherd.disk import (
     read_frames,
 )
 from zherd.locations import FROM_CLIENT, Locations, pack
-from zherd.record import fields, make
+from zherd.record import Record, fields
 
 NS = 1_000_000_000
 
 
 def entry(seq: int, client: str, time: str = "1400794645.5", via: int = FROM_CLIENT) -> bytes:
-    record = make("Alford", "+0.000000001", client, "+34.068930-118.445127", time)
+    record = Record("Alford", "+0.000000001", client, "+34.068930-118.445127", time).line
     return pack(seq, fields(record)[2], via, record)
 
 
@@ -347,7 +347,7 @@ async def test_compaction_then_load_gives_the_same_store(tmp_path: Path) -> None
     store = Locations()
     for round_ in range(5):
         for i in range(200):
-            record = make("Alford", "+0.000000000", f"c{i}", "+1+1", f"{round_}.{i:03d}")
+            record = Record("Alford", "+0.000000000", f"c{i}", "+1+1", f"{round_}.{i:03d}").line
             e = store.put(f"c{i}".encode(), round_ * NS + i * 1_000_000, b"Alford", record, 0)
             assert e is not None
             disk.add(e)
@@ -358,7 +358,7 @@ async def test_compaction_then_load_gives_the_same_store(tmp_path: Path) -> None
     assert disk.stats()["compacting"]
     assert not disk.wants_compaction(0)
     late = store.put(
-        b"late", 9 * NS, b"Alford", make("Alford", "+0.000000000", "late", "+1+1", "9"), 1
+        b"late", 9 * NS, b"Alford", Record("Alford", "+0.000000000", "late", "+1+1", "9").line, 1
     )
     assert late is not None
     disk.add(late)  # a later turn, while the snapshot is written: goes to the fresh log

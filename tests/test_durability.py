@@ -362,7 +362,7 @@ def _write_store(var: Path, name: str, n: int) -> None:
     disk = Disk(var, name)
     disk.open()
     for seq in range(1, n + 1):
-        line = record.make("Alford", "+0.000000001", f"c{seq}", "+34.068930-118.445127", "1.5")
+        line = record.Record("Alford", "+0.000000001", f"c{seq}", "+1-1", "1.5").line
         disk.add(pack(seq, 1_500_000_000, FROM_CLIENT, line))
     disk.add_meta(Meta())
     disk.commit()
@@ -453,7 +453,9 @@ def test_healthz_says_503_while_the_store_loads_then_200(tmp_path: Path) -> None
     disk = Disk(tmp_path / "var", "Solo", "no")
     disk.open()
     for i in range(n):
-        line = record.make("Solo", "+0.000000001", f"h{i:06x}", "+1+1", f"{1_400_000_000 + i}")
+        line = record.Record(
+            "Solo", "+0.000000001", f"h{i:06x}", "+1+1", f"{1_400_000_000 + i}"
+        ).line
         disk.add(pack(i + 1, (1_400_000_000 + i) * 1_000_000_000, FROM_CLIENT, line))
     disk.commit()
     asyncio.run(disk.close())

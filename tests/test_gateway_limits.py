@@ -444,9 +444,9 @@ class CountingBackend:
 
     def iamat(self, event, received_ns: int) -> bytes:
         self.iamats += 1
-        return f"AT T +0.000000000 {event.client_id} {event.coords} {event.time}".encode()
+        return b"AT T +0.000000000 %s %s %s" % (event.client_id, event.coords, event.time)
 
-    def lookup(self, client_id: str) -> None:
+    def lookup(self, client_id: bytes) -> None:
         return None
 
     def trace(self, peer: str, received, sent: bytes) -> None:

@@ -17,7 +17,7 @@ from zherd.locations import (
     seq_of,
     via_of,
 )
-from zherd.record import fields, make
+from zherd.record import Record, fields
 from zherd.replication import Replicator, Rules
 from zherd.wire import Updates
 
@@ -27,7 +27,7 @@ NS = 1_000_000_000
 def rec(
     client: str, time: str, origin: str = "Alford", coords: str = "+34.068930-118.445127"
 ) -> bytes:
-    return make(origin, "+0.000000000", client, coords, time)
+    return Record(origin, "+0.000000000", client, coords, time).line
 
 
 def put(store: Locations, record: bytes, via: int = FROM_CLIENT) -> bytes | None:

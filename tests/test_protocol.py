@@ -32,7 +32,7 @@ FAR = 2**62  # no time bound in these checks
 def locate(event: IAmAt, server: str, received_ns: int) -> bytes:
     """The record an IAMAT makes at the server that heard it (as the node builds it)."""
     skew = record.format_skew(received_ns - event.time_ns)
-    return record.make(server, skew, event.client_id, event.coords, event.time)
+    return record.make(server.encode(), skew, event.client_id, event.coords, event.time)
 
 
 def accepted_by_a_neighbor(line: bytes, origin: str) -> bool:
@@ -62,9 +62,9 @@ def expected_skew(received_ns: int, client_time: str) -> str:
 def test_iamat_example_from_the_design() -> None:
     event = iamat(EXAMPLE)
     assert event == IAmAt(
-        "kiwi.cs.ucla.edu",
-        "+34.068930-118.445127",
-        "1400794645.392014450",
+        b"kiwi.cs.ucla.edu",
+        b"+34.068930-118.445127",
+        b"1400794645.392014450",
         1400794645392014450,
         34.06893,
         -118.445127,
@@ -83,9 +83,9 @@ def test_iamat_example_from_the_design() -> None:
 def test_iamat_fields_split_on_any_run_of_ascii_whitespace(line: bytes) -> None:
     event = iamat(line)
     assert (event.client_id, event.coords, event.time) == (
-        "kiwi",
-        "+34.068930-118.445127",
-        "1400794645.392014450",
+        b"kiwi",
+        b"+34.068930-118.445127",
+        b"1400794645.392014450",
     )
 
 
@@ -96,7 +96,7 @@ def test_iamat_fields_split_on_any_run_of_ascii_whitespace(line: bytes) -> None:
 def test_client_id_is_any_run_of_non_whitespace(client_id: str) -> None:
     line = f"IAMAT {client_id} +1-1 1".encode()
     event = iamat(line)
-    assert event.client_id == client_id
+    assert event.client_id == client_id.encode()
     assert accepted_by_a_neighbor(locate(event, "S", 0), "S")  # every id the gateway takes
 
 
@@ -123,7 +123,7 @@ def test_coords_any_number_of_decimals_bounds_inclusive(
     coords: str, lat: float, lon: float
 ) -> None:
     event = iamat(f"IAMAT c {coords} 1".encode())
-    assert (event.coords, event.lat, event.lon) == (coords, lat, lon)
+    assert (event.coords, event.lat, event.lon) == (coords.encode(), lat, lon)
 
 
 BAD_COORDS = [
@@ -264,11 +264,11 @@ def test_locate_records_origin_and_parsed_fields() -> None:
 @pytest.mark.parametrize(
     ("line", "event"),
     [
-        (b"WHATSAT kiwi.cs.ucla.edu 10 5", WhatsAt("kiwi.cs.ucla.edu", 10.0, 5)),
-        (b"  WHATSAT\tkiwi  50  20 \r", WhatsAt("kiwi", 50.0, 20)),
-        (b"WHATSAT kiwi 0.001 1", WhatsAt("kiwi", 0.001, 1)),
-        (b"WHATSAT kiwi 50.0000000000 01", WhatsAt("kiwi", 50.0, 1)),
-        (b"WHATSAT kiwi 7.25 020", WhatsAt("kiwi", 7.25, 20)),
+        (b"WHATSAT kiwi.cs.ucla.edu 10 5", WhatsAt(b"kiwi.cs.ucla.edu", 10.0, 5)),
+        (b"  WHATSAT\tkiwi  50  20 \r", WhatsAt(b"kiwi", 50.0, 20)),
+        (b"WHATSAT kiwi 0.001 1", WhatsAt(b"kiwi", 0.001, 1)),
+        (b"WHATSAT kiwi 50.0000000000 01", WhatsAt(b"kiwi", 50.0, 1)),
+        (b"WHATSAT kiwi 7.25 020", WhatsAt(b"kiwi", 7.25, 20)),
     ],
 )
 def test_whatsat_valid(line: bytes, event: WhatsAt) -> None:
@@ -475,7 +475,7 @@ DIGITS20 = "0" * 18 + "50"  # 20 digits, leading zeros included
 def test_whatsat_radius_any_decimal_in_0_to_50_up_to_20_digits_each_side(
     radius: str, km: float
 ) -> None:
-    assert parse_line(f"WHATSAT seed {radius} 1".encode()) == WhatsAt("seed", km, 1)
+    assert parse_line(f"WHATSAT seed {radius} 1".encode()) == WhatsAt(b"seed", km, 1)
 
 
 @pytest.mark.parametrize(
@@ -507,7 +507,7 @@ def test_whatsat_radius_outside_the_grammar_is_invalid(radius: str) -> None:
     ("count", "n"), [("1", 1), ("20", 20), ("01", 1), ("0" * 18 + "20", 20), ("0" * 19 + "7", 7)]
 )
 def test_whatsat_count_an_integer_in_1_to_20_up_to_20_digits(count: str, n: int) -> None:
-    assert parse_line(f"WHATSAT seed 1 {count}".encode()) == WhatsAt("seed", 1.0, n)
+    assert parse_line(f"WHATSAT seed 1 {count}".encode()) == WhatsAt(b"seed", 1.0, n)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def rec(
     coords: str = "+1+1",
     skew: str = "+0.000000000",
 ) -> bytes:
-    return make(origin, skew, client, coords, time)
+    return Record(origin, skew, client, coords, time).line
 
 
 # making and reading
@@ -43,11 +43,11 @@ def rec(
 
 def test_make_is_the_body_of_the_at_reply() -> None:
     line = make(
-        "Alford",
-        "+0.263873386",
-        "kiwi.cs.ucla.edu",
-        "+34.068930-118.445127",
-        "1400794645.392014450",
+        b"Alford",
+        b"+0.263873386",
+        b"kiwi.cs.ucla.edu",
+        b"+34.068930-118.445127",
+        b"1400794645.392014450",
     )
     assert line == KIWI
     assert at_line(line) == b"AT " + KIWI
@@ -65,7 +65,7 @@ def test_record_names_the_fields_and_gives_back_the_same_bytes() -> None:
     )
     assert named.client_id == "kiwi.cs.ucla.edu"
     assert named.line == KIWI
-    assert make(*named) == KIWI
+    assert make(*(field.encode() for field in named)) == KIWI
 
 
 def test_fields_of_a_valid_record() -> None:
@@ -110,7 +110,7 @@ def test_client_of_reads_the_third_field_without_checking() -> None:
     ],
 )
 def test_format_skew(ns: int, text: str) -> None:
-    assert format_skew(ns) == text
+    assert format_skew(ns) == text.encode()
 
 
 # checking

@@ -26,7 +26,7 @@ from gateway.protocol import NS, IAmAt, parse_line
 from zherd import wire
 from zherd.counters import LinkCounters
 from zherd.locations import FROM_CLIENT, Locations, record_of, seq_of, via_of
-from zherd.record import client_of, fields, format_skew, make
+from zherd.record import Record, client_of, fields, format_skew, make
 from zherd.replication import (
     CHEAP_REWIND,
     CHUNK_BYTES,
@@ -163,7 +163,7 @@ class SimHerd:
         """A client's IAMAT heard by `name`, recorded as the node would."""
         event = parse_line(f"IAMAT {client} {coords} {time}".encode(), max_id=MAX_ID)
         assert isinstance(event, IAmAt)
-        record = make(name, format_skew(1000), event.client_id, event.coords, event.time)
+        record = make(name.encode(), format_skew(1000), event.client_id, event.coords, event.time)
         self.nodes[name].store.put(
             client.encode(), event.time_ns, name.encode(), record, FROM_CLIENT
         )
@@ -945,7 +945,7 @@ def replicator(neighbors: tuple[str, ...] = ("B",), **options: float) -> Replica
 
 
 def record(client: str, time: str, origin: str = "B") -> bytes:
-    return make(origin, "+0.000000000", client, "+1+1", time)
+    return Record(origin, "+0.000000000", client, "+1+1", time).line
 
 
 def own(node: Replicator, n: int, size: int = 0) -> None:
@@ -1231,7 +1231,7 @@ def test_stale_catch_up_records_are_counted_not_stored() -> None:
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
-        (make("B", "+0.000000000", "x", "+91+0", "1"), "coordinates out of range"),
+        (Record("B", "+0.000000000", "x", "+91+0", "1").line, "coordinates out of range"),
         (b"B +0.0 x +1+1 1", "not a record"),
         (record("x", "1", origin="Zed"), "origin is no server of the topology"),
         (record("x" * (MAX_ID + 1), "1"), "client id too long"),

@@ -51,11 +51,11 @@ class StubBackend:
     def iamat(self, event: IAmAt, received_ns: int) -> bytes:
         self.iamats.append(event)
         skew = format_skew(received_ns - event.time_ns)
-        at = f"AT S {skew} {event.client_id} {event.coords} {event.time}".encode()
+        at = b"AT S %s %s %s %s" % (skew, event.client_id, event.coords, event.time)
         self.fixes[event.client_id] = Fix(at, event.lat, event.lon)
         return at
 
-    def lookup(self, client_id: str) -> Fix | None:
+    def lookup(self, client_id: bytes) -> Fix | None:
         return self.fixes.get(client_id)
 
 
@@ -150,7 +150,7 @@ def session(loading: bool = False, **limits: object) -> Wire:
 def at(client_id: str, coords: str = "+1+1", time: str = "1700000000", now: int = NOW) -> bytes:
     whole, _, frac = time.partition(".")
     skew = format_skew(now - int(whole) * NS - int(frac.ljust(9, "0")))
-    return f"AT S {skew} {client_id} {coords} {time}\n".encode()
+    return f"AT S {skew.decode()} {client_id} {coords} {time}\n".encode()
 
 
 def whatsat_reply(at_line: bytes, radius: float, count: int) -> bytes:
@@ -525,7 +525,7 @@ def test_a_fix_from_further_ahead_than_max_future_is_refused_and_stored_nowhere(
     w.send(ok + "\n" + late + "\n")
     reply = w.take()
     assert reply.startswith(b"AT S -") and reply.endswith(f"\n? {late}\n".encode())
-    assert [e.client_id for e in w.session._backend.iamats] == ["a"]  # type: ignore[attr-defined]
+    assert [e.client_id for e in w.session._backend.iamats] == [b"a"]  # type: ignore[attr-defined]
     w.send("WHATSAT b 1 1\n")
     assert w.take() == b"? WHATSAT b 1 1\n"
 

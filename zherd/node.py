@@ -104,10 +104,8 @@ class Node:
 
     def iamat(self, event: IAmAt, received_ns: int) -> bytes:
         skew = record.format_skew(received_ns - event.time_ns)
-        line = record.make(self.name, skew, event.client_id, event.coords, event.time)
-        entry = self.locations.put(
-            event.client_id.encode(), event.time_ns, self._origin, line, FROM_CLIENT
-        )
+        line = record.make(self._origin, skew, event.client_id, event.coords, event.time)
+        entry = self.locations.put(event.client_id, event.time_ns, self._origin, line, FROM_CLIENT)
         self.counters.iamat += 1
         self._batch_ns = received_ns
         if entry is None:
@@ -116,8 +114,8 @@ class Node:
             self._stored(entry)
         return record.at_line(line)
 
-    def lookup(self, client_id: str) -> Fix | None:
-        line = self.locations.get(client_id.encode())
+    def lookup(self, client_id: bytes) -> Fix | None:
+        line = self.locations.get(client_id)
         if line is None:
             return None
         self.counters.whatsat += 1

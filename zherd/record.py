@@ -60,9 +60,9 @@ class Rejected(NamedTuple):
     reason: str
 
 
-def make(origin: str, skew: str, client_id: str, coords: str, time: str) -> bytes:
-    """The record an IAMAT makes at the server that heard it."""
-    return f"{origin} {skew} {client_id} {coords} {time}".encode()
+def make(origin: bytes, skew: bytes, client_id: bytes, coords: bytes, time: bytes) -> bytes:
+    """The record an IAMAT makes at the server that heard it (the client's fields as sent)."""
+    return b"%s %s %s %s %s" % (origin, skew, client_id, coords, time)
 
 
 def at_line(record: bytes) -> bytes:
@@ -70,10 +70,10 @@ def at_line(record: bytes) -> bytes:
     return b"AT " + record
 
 
-def format_skew(ns: int) -> str:
+def format_skew(ns: int) -> bytes:
     """Signed seconds with exactly 9 decimals: `+0.263873386`, `-0.000012000`."""
-    digits = str(-ns if ns < 0 else ns).rjust(10, "0")
-    return ("-" if ns < 0 else "+") + digits[:-9] + "." + digits[-9:]
+    digits = b"%010d" % (-ns if ns < 0 else ns)
+    return (b"-" if ns < 0 else b"+") + digits[:-9] + b"." + digits[-9:]
 
 
 def nanoseconds(sign: bytes, whole: bytes, frac: bytes | None) -> int:
