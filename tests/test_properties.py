@@ -23,7 +23,7 @@ from gateway.protocol import (
     WhatsAt,
     parse_line,
 )
-from zherd import wire
+from zherd import record, wire
 from zherd.counters import LinkCounters
 from zherd.locations import Locations, record_of, seq_of, via_of
 from zherd.record import Record, Rejected, Valid, at_line, check, fields, format_skew, make
@@ -480,3 +480,14 @@ def test_replicator_takes_any_decoded_message_from_a_neighbor(
         assert link.records_in == link.applied + link.stale + link.invalid
     for message in sent:
         assert wire.decode(wire.encode(message)) == message  # what it sends is well formed
+
+
+@FAST
+@given(st.one_of(JUNK, RECORDS, PARTS.map(lambda parts: " ".join(parts).encode())))
+def test_the_compiled_check_answers_as_the_python_one(line: Any) -> None:
+    compiled = record.parse_record
+    if compiled is record.parse_record_python:
+        return  # not built here (test_record says whether it should have been)
+    for latest, max_id in ((LATEST, MAX_ID), (0, 1), (-(10**30), 0)):
+        python = record.parse_record_python(line, ORIGINS, latest, max_id)
+        assert compiled(line, ORIGINS, latest, max_id) == python

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import sysconfig
+from pathlib import Path
+
 import pytest
 
+from zherd import record
 from zherd.record import (
     NS,
     Record,
@@ -24,8 +29,27 @@ MAX_ID = 16
 KIWI = b"Alford +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1400794645.392014450"
 
 
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against both checks: zherd._speedups and the pure Python."""
+    if request.param == "python":
+        monkeypatch.setattr(record, "parse_record", record.parse_record_python)
+    elif record.parse_record is record.parse_record_python:
+        pytest.skip("zherd._speedups is not built here")
+    return request.param
+
+
 def checked(line: object) -> Valid | Rejected:
     return check(line, ORIGINS, LATEST, MAX_ID)
+
+
+def test_the_compiled_check_is_built_wherever_it_can_be(implementation: str) -> None:
+    """pip builds zherd._speedups when a C compiler and the Python headers are there
+    (CI's machine has both): a build that failed there must not pass unnoticed."""
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
+    if implementation == "compiled" or not (headers and shutil.which("cc")):
+        return
+    import zherd._speedups  # noqa: F401  (raises if it was not built)
 
 
 def rec(

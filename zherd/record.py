@@ -95,26 +95,44 @@ def check(line: object, origins: frozenset[bytes], latest_ns: int, max_id: int) 
     `origins`: the servers of the topology; `latest_ns`: the newest client time
     accepted (now plus the future bound); `max_id`: the longest client id.
     """
+    result = parse_record(line, origins, latest_ns, max_id)
+    return Rejected(result) if type(result) is str else Valid(*result)
+
+
+def parse_record_python(
+    line: object, origins: frozenset[bytes], latest_ns: int, max_id: int
+) -> tuple[bytes, bytes, int] | str:
+    """`check` for the hot path: (client id, origin, time in ns), or why it is no record.
+
+    zherd._speedups has the same in C (~0.3 us a record, against ~2), used when it was
+    built; this one is used otherwise, and the tests hold the two to the same answers.
+    """
     if type(line) is not bytes:
-        return Rejected("not a byte string")
+        return "not a byte string"
     m = _LINE.fullmatch(line)
     if m is None:
-        return Rejected("not a record")
+        return "not a record"
     origin, client_id, lat, lon, sign, whole, frac = m.groups()
     if origin not in origins:
-        return Rejected("origin is no server of the topology")
+        return "origin is no server of the topology"
     if len(client_id) > max_id:
-        return Rejected("client id too long")
+        return "client id too long"
     if not client_id.isascii() and not _utf8(client_id):
-        return Rejected("client id is not UTF-8")  # no IAMAT can carry it
+        return "client id is not UTF-8"  # no IAMAT can carry it
     if not (-90.0 < float(lat) < 90.0 and -180.0 < float(lon) < 180.0) and not (
         within(lat, 90) and within(lon, 180)  # on a limit, or past it: exactly
     ):
-        return Rejected("coordinates out of range")
+        return "coordinates out of range"
     time_ns = nanoseconds(sign, whole, frac)
     if time_ns > latest_ns:
-        return Rejected("time too far in the future")
-    return Valid(client_id, origin, time_ns)
+        return "time too far in the future"
+    return client_id, origin, time_ns
+
+
+try:
+    from zherd._speedups import parse_record
+except ImportError:  # not built (no C compiler where it was installed)
+    parse_record = parse_record_python
 
 
 def _utf8(data: bytes) -> bool:

@@ -26,9 +26,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from zherd import record
 from zherd.counters import LinkCounters
 from zherd.locations import HEADER, RECORD, VIA, Locations, seq_of, via_of
-from zherd.record import Valid, check
 from zherd.wire import Heartbeat, Message, Sync, Updates
 
 Send = Callable[[str, Message], bool]  # (neighbor, message) -> False if it would block
@@ -218,18 +218,17 @@ class Replicator:
     ) -> list[bytes]:
         stored = []
         store, rules, via = self.store, self.rules, self.via[peer]
-        put, holds = store.put, store.holds
+        put, holds, parse = store.put, store.holds, record.parse_record
+        origins, max_id = rules.origins, rules.max_id
         invalid, reason = 0, ""
-        for record in message.records:
-            if holds(record):  # a copy by another path (counted stale below)
+        for line in message.records:
+            if holds(line):  # a copy by another path (counted stale below)
                 continue
-            valid = check(record, rules.origins, latest_ns, rules.max_id)
-            if type(valid) is not Valid:
+            fields = parse(line, origins, latest_ns, max_id)
+            if type(fields) is str:
                 invalid += 1
-                reason = reason or valid.reason  # type: ignore[union-attr]
-            elif (
-                entry := put(valid.client_id, valid.time_ns, valid.origin, record, via)
-            ) is not None:
+                reason = reason or fields
+            elif (entry := put(fields[0], fields[2], fields[1], line, via)) is not None:
                 stored.append(entry)
         link = self.links[peer]
         link.records_in += len(message.records)

@@ -1,0 +1,239 @@
+/* zherd._speedups: the record check of zherd/record.py, compiled.
+ *
+ * Every server checks every record a neighbor sends it once: in Python that is a
+ * regex match, seven group objects, two floats and a digit string, ~2 us a record and
+ * the largest single cost of a busy herd. This is the same check in one pass over the
+ * bytes. zherd/record.py keeps the pure-Python check (used when this module was not
+ * built), and the tests hold both to the same answer on any input.
+ *
+ *   parse_record(line, origins, latest_ns, max_id)
+ *       -> (client_id, origin, time_ns), or the reason (a str) it is not a record
+ *
+ * The grammar (record.py's _LINE, fullmatch):
+ *   origin SP skew SP client SP lat lon SP time
+ *   origin, client: one or more bytes that are not ASCII whitespace
+ *   skew: [+-] digits "." 9 digits;  lat, lon: [+-] digits ["." digits]
+ *   time: [+-]? 1-20 digits ["." 1-9 digits]
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *NOT_BYTES, *NOT_A_RECORD, *BAD_ORIGIN, *ID_TOO_LONG, *NOT_UTF8, *OUT_OF_RANGE,
+    *IN_FUTURE;
+
+static int is_space(unsigned char c) {
+    /* what \s is in a bytes pattern, and what bytes.split() cuts on */
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+/* A run of non-whitespace at p[*i], then one space; its end (exclusive), or -1. */
+static Py_ssize_t token(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i) {
+    Py_ssize_t start = *i;
+    while (*i < n && !is_space(p[*i]))
+        (*i)++;
+    if (*i == start || *i >= n || p[*i] != ' ')
+        return -1;
+    return (*i)++;
+}
+
+/* Digits at p[*i]: how many (at least one wanted by every caller). */
+static Py_ssize_t digits(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i) {
+    Py_ssize_t start = *i;
+    while (*i < n && is_digit(p[*i]))
+        (*i)++;
+    return *i - start;
+}
+
+/* A coordinate [+-] digits ["." digits] at p[*i]: whether it is one, and whether
+ * |value| <= limit, decided exactly on the digits (no float, no rounding). */
+static int coordinate(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i, int limit,
+                      int *within) {
+    if (*i >= n || (p[*i] != '+' && p[*i] != '-'))
+        return 0;
+    (*i)++;
+    Py_ssize_t whole_at = *i, whole = digits(p, n, i);
+    if (whole == 0)
+        return 0;
+    int fraction_zero = 1;
+    if (*i < n && p[*i] == '.' && *i + 1 < n && is_digit(p[*i + 1])) {
+        (*i)++;
+        Py_ssize_t frac_at = *i, frac = digits(p, n, i);
+        for (Py_ssize_t k = 0; k < frac; k++)
+            if (p[frac_at + k] != '0')
+                fraction_zero = 0;
+    }
+    while (whole > 1 && p[whole_at] == '0') { /* leading zeros */
+        whole_at++;
+        whole--;
+    }
+    if (whole > 3) {
+        *within = 0;
+        return 1;
+    }
+    int value = 0;
+    for (Py_ssize_t k = 0; k < whole; k++)
+        value = value * 10 + (p[whole_at + k] - '0');
+    *within = value < limit || (value == limit && fraction_zero);
+    return 1;
+}
+
+static PyObject *reason(PyObject *why) {
+    Py_INCREF(why);
+    return why;
+}
+
+static PyObject *parse_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "parse_record(line, origins, latest_ns, max_id)");
+        return NULL;
+    }
+    PyObject *line = args[0], *origins = args[1], *latest_ns = args[2];
+    Py_ssize_t max_id = PyLong_AsSsize_t(args[3]);
+    if (max_id == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyBytes_CheckExact(line))
+        return reason(NOT_BYTES);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(line);
+    Py_ssize_t n = PyBytes_GET_SIZE(line), i = 0;
+
+    Py_ssize_t origin_end = token(p, n, &i);
+    if (origin_end < 0)
+        return reason(NOT_A_RECORD);
+    /* skew: [+-] digits "." exactly 9 digits, then a space */
+    if (i >= n || (p[i] != '+' && p[i] != '-'))
+        return reason(NOT_A_RECORD);
+    i++;
+    if (digits(p, n, &i) == 0 || i >= n || p[i] != '.')
+        return reason(NOT_A_RECORD);
+    i++;
+    if (digits(p, n, &i) != 9 || i >= n || p[i] != ' ')
+        return reason(NOT_A_RECORD);
+    i++;
+    Py_ssize_t client_at = i, client_end = token(p, n, &i);
+    if (client_end < 0)
+        return reason(NOT_A_RECORD);
+    int lat_within, lon_within;
+    if (!coordinate(p, n, &i, 90, &lat_within) || !coordinate(p, n, &i, 180, &lon_within))
+        return reason(NOT_A_RECORD);
+    if (i >= n || p[i] != ' ')
+        return reason(NOT_A_RECORD);
+    i++;
+    /* time: [+-]? 1-20 digits ["." 1-9 digits], to the end */
+    int negative = 0;
+    if (i < n && (p[i] == '+' || p[i] == '-'))
+        negative = p[i++] == '-';
+    Py_ssize_t whole_at = i, whole = digits(p, n, &i), frac_at = 0, frac = 0;
+    if (whole == 0 || whole > 20)
+        return reason(NOT_A_RECORD);
+    if (i < n && p[i] == '.') {
+        i++;
+        frac_at = i;
+        frac = digits(p, n, &i);
+        if (frac == 0 || frac > 9)
+            return reason(NOT_A_RECORD);
+    }
+    if (i != n)
+        return reason(NOT_A_RECORD);
+
+    PyObject *origin = PyBytes_FromStringAndSize((const char *)p, origin_end);
+    if (origin == NULL)
+        return NULL;
+    int known = PySet_Contains(origins, origin);
+    if (known <= 0) {
+        Py_DECREF(origin);
+        return known < 0 ? NULL : reason(BAD_ORIGIN);
+    }
+    Py_ssize_t client_len = client_end - client_at;
+    if (client_len > max_id) {
+        Py_DECREF(origin);
+        return reason(ID_TOO_LONG);
+    }
+    for (Py_ssize_t k = client_at; k < client_end; k++) {
+        if (p[k] >= 0x80) { /* not ASCII: it must decode, as an IAMAT's id did */
+            PyObject *text = PyUnicode_DecodeUTF8((const char *)p + client_at, client_len, NULL);
+            if (text == NULL) {
+                PyErr_Clear();
+                Py_DECREF(origin);
+                return reason(NOT_UTF8);
+            }
+            Py_DECREF(text);
+            break;
+        }
+    }
+    if (!(lat_within && lon_within)) {
+        Py_DECREF(origin);
+        return reason(OUT_OF_RANGE);
+    }
+    /* nanoseconds: the whole seconds' digits, then the fraction's padded to 9 */
+    char ns_digits[32];
+    memcpy(ns_digits, p + whole_at, whole);
+    memcpy(ns_digits + whole, p + frac_at, frac);
+    memset(ns_digits + whole + frac, '0', 9 - frac);
+    ns_digits[whole + 9] = '\0';
+    PyObject *time_ns = PyLong_FromString(ns_digits, NULL, 10);
+    if (time_ns != NULL && negative) {
+        PyObject *negated = PyNumber_Negative(time_ns);
+        Py_DECREF(time_ns);
+        time_ns = negated;
+    }
+    if (time_ns == NULL) {
+        Py_DECREF(origin);
+        return NULL;
+    }
+    int future = PyObject_RichCompareBool(time_ns, latest_ns, Py_GT);
+    if (future != 0) {
+        Py_DECREF(origin);
+        Py_DECREF(time_ns);
+        return future < 0 ? NULL : reason(IN_FUTURE);
+    }
+    PyObject *client = PyBytes_FromStringAndSize((const char *)p + client_at, client_len);
+    if (client == NULL) {
+        Py_DECREF(origin);
+        Py_DECREF(time_ns);
+        return NULL;
+    }
+    PyObject *result = PyTuple_New(3);
+    if (result == NULL) {
+        Py_DECREF(client);
+        Py_DECREF(origin);
+        Py_DECREF(time_ns);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, client);
+    PyTuple_SET_ITEM(result, 1, origin);
+    PyTuple_SET_ITEM(result, 2, time_ns);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"parse_record", (PyCFunction)(void (*)(void))parse_record, METH_FASTCALL,
+     "parse_record(line, origins, latest_ns, max_id) -> (client_id, origin, time_ns) | reason"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "zherd._speedups", "zherd/record.py's check, compiled.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    struct {
+        PyObject **slot;
+        const char *text;
+    } reasons[] = {
+        {&NOT_BYTES, "not a byte string"},
+        {&NOT_A_RECORD, "not a record"},
+        {&BAD_ORIGIN, "origin is no server of the topology"},
+        {&ID_TOO_LONG, "client id too long"},
+        {&NOT_UTF8, "client id is not UTF-8"},
+        {&OUT_OF_RANGE, "coordinates out of range"},
+        {&IN_FUTURE, "time too far in the future"},
+    };
+    for (size_t k = 0; k < sizeof reasons / sizeof reasons[0]; k++) {
+        *reasons[k].slot = PyUnicode_InternFromString(reasons[k].text);
+        if (*reasons[k].slot == NULL)
+            return NULL;
+    }
+    return PyModule_Create(&module);
+}
