@@ -6,7 +6,10 @@ from __future__ import annotations
 import gc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from zherd import locations
 from zherd.counters import LinkCounters
 from zherd.locations import (
     FROM_CLIENT,
@@ -22,6 +25,16 @@ from zherd.replication import Replicator, Rules
 from zherd.wire import Updates
 
 NS = 1_000_000_000
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against both puts: zherd._speedups and the pure Python."""
+    if request.param == "python":
+        monkeypatch.setattr(locations, "store_put", locations.store_put_python)
+    elif locations.store_put is locations.store_put_python:
+        pytest.skip("zherd._speedups is not built here")
+    return request.param
 
 
 def rec(
@@ -260,3 +273,33 @@ def test_a_copy_by_another_path_is_counted_stale_and_not_stored_again() -> None:
     assert (links["C"].applied, links["C"].stale) == (0, 1)
     assert store.head == 1
     assert via_of(next(iter(store))) == 0  # filed under A, the first to deliver it
+
+
+PUTS = st.lists(
+    st.tuples(
+        st.sampled_from([b"a", b"b", b"c"]),  # client id
+        st.one_of(
+            st.integers(-3, 3),
+            st.sampled_from([2**63 - 1, 2**63, 2**70, -(2**63), -(2**63) - 1, -(2**80)]),
+        ),
+        st.sampled_from([b"Alford", b"Al", b"Bolden", b"B", b"Alfordx"]),  # origin
+        st.integers(0, 255),  # via
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PUTS)
+def test_the_compiled_put_stores_as_the_python_one(puts: list) -> None:
+    compiled = locations.store_put
+    if compiled is locations.store_put_python:
+        return  # not built here
+    ours: dict[bytes, bytes] = {}
+    theirs: dict[bytes, bytes] = {}
+    for seq, (client, time_ns, origin, via) in enumerate(puts, 1):
+        record = origin + b" +0.000000000 " + client + b" +1+1 " + str(time_ns).encode()
+        assert compiled(ours, client, time_ns, origin, record, via, seq) == (
+            locations.store_put_python(theirs, client, time_ns, origin, record, via, seq)
+        )
+        assert list(ours.items()) == list(theirs.items())  # the same entries, in the same order

@@ -45,6 +45,35 @@ def _origin(record: bytes) -> bytes:
     return record[: record.index(b" ")]
 
 
+def store_put_python(
+    entries: dict[bytes, bytes],
+    client_id: bytes,
+    time_ns: int,
+    origin: bytes,
+    record: bytes,
+    via: int,
+    seq: int,
+) -> bytes | None:
+    """`Locations.put` on its dict: the entry stored (as number `seq`), or None.
+
+    zherd._speedups has the same in C, used when it was built (the tests hold the two
+    to the same answers)."""
+    old = entries.get(client_id)
+    if old is not None:
+        _, held_ns, _ = HEADER.unpack_from(old)
+        if time_ns < held_ns or (time_ns == held_ns and origin <= _origin(old[RECORD])):
+            return None
+        del entries[client_id]  # re-inserted at the end: dict order is seq order
+    entry = entries[client_id] = pack(seq, time_ns, via, record)
+    return entry
+
+
+try:
+    from zherd._speedups import put as store_put
+except ImportError:  # not built (no C compiler where it was installed)
+    store_put = store_put_python
+
+
 class Locations:
     def __init__(self) -> None:
         self._entries: dict[bytes, bytes] = {}  # client id -> entry
@@ -83,15 +112,9 @@ class Locations:
 
         Newest wins: client time, then origin name (so every server picks the same).
         """
-        entries = self._entries
-        old = entries.get(client_id)
-        if old is not None:
-            _, held_ns, _ = HEADER.unpack_from(old)
-            if time_ns < held_ns or (time_ns == held_ns and origin <= _origin(old[RECORD])):
-                return None
-            del entries[client_id]  # re-inserted at the end: dict order is seq order
-        self.head += 1
-        entry = entries[client_id] = pack(self.head, time_ns, via, record)
+        entry = store_put(self._entries, client_id, time_ns, origin, record, via, self.head + 1)
+        if entry is not None:
+            self.head += 1
         return entry
 
     def since(self, seq: int) -> list[bytes]:
