@@ -80,6 +80,8 @@ def _nanoseconds(sign: bytes, whole: bytes, frac: bytes | None) -> int:
 def parse_line(line: bytes, max_id: int = MAX_ID) -> Event:
     """One command, without its `\\n`. Anything not understood is Invalid(line), and
     so is a client id longer than `max_id` bytes or not UTF-8."""
+    if parse_iamat is not None and (event := parse_iamat(line, max_id, IAmAt)) is not None:
+        return event  # the well-formed IAMAT, parsed in C (gateway/_speedups.c)
     if (m := _IAMAT.fullmatch(line)) is not None:
         return _iamat(m, line, max_id)
     if (m := _WHATSAT.fullmatch(line)) is not None:
@@ -116,6 +118,12 @@ def _client_id(client_id: bytes, max_id: int) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+try:
+    from gateway._speedups import parse_iamat
+except ImportError:  # not built (no C compiler where it was installed): Python parses all
+    parse_iamat = None
 
 
 def format_invalid(line: bytes) -> bytes:

@@ -16,6 +16,7 @@ import msgpack
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from gateway import protocol
 from gateway.protocol import (
     IAmAt,
     Invalid,
@@ -491,3 +492,18 @@ def test_the_compiled_check_answers_as_the_python_one(line: Any) -> None:
     for latest, max_id in ((LATEST, MAX_ID), (0, 1), (-(10**30), 0)):
         python = record.parse_record_python(line, ORIGINS, latest, max_id)
         assert compiled(line, ORIGINS, latest, max_id) == python
+
+
+@FAST
+@given(st.one_of(LINES, iamat_like().map(lambda pair: pair[0])), st.sampled_from([1, 8, MAX_ID]))
+def test_the_compiled_iamat_parse_answers_as_the_python_one(line: bytes, max_id: int) -> None:
+    compiled = protocol.parse_iamat
+    if compiled is None:
+        return  # not built here
+    event = compiled(line, max_id, IAmAt)
+    m = protocol._IAMAT.fullmatch(line)
+    python = protocol._iamat(m, line, max_id) if m is not None else Invalid(line)
+    if event is None:  # left to Python: it is no well-formed IAMAT
+        assert not isinstance(python, IAmAt)
+    else:
+        assert type(event) is IAmAt and event == python

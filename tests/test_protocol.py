@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway import protocol
 from gateway.protocol import (
     MAX_ID,
     NS,
@@ -27,6 +28,16 @@ from gateway.protocol import (
 from zherd import record
 
 FAR = 2**62  # no time bound in these checks
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the IAMAT parse in C (gateway._speedups) and without."""
+    if request.param == "python":
+        monkeypatch.setattr(protocol, "parse_iamat", None)
+    elif protocol.parse_iamat is None:
+        pytest.skip("gateway._speedups is not built here")
+    return request.param
 
 
 def locate(event: IAmAt, server: str, received_ns: int) -> bytes:
