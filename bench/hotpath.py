@@ -11,6 +11,9 @@ up here without the noise of a loaded machine:
   of one of 100,000 scrambled client ids each), then the end of the turn as the node
   runs it: the durable write (storage on, in a scratch folder), the replies, the log
   record. Per line.
+- gateway-rr: the same, as request/response from 50 connections looks: each turn, every
+  connection (the real `ClientConnection`, its transport a stand-in that takes the
+  bytes) reads one IAMAT, then the turn ends. Per line.
 - bus: Parker given `Updates` messages of --records records from Alford (each a new
   fix), as the bus driver gets them: decode, check, store, write, log, then the flush
   to its three other neighbors (encoded and logged; the sockets are left out). Per
@@ -105,6 +108,53 @@ def gateway(root: Path, n: int, batch: int) -> float:
     return took / n
 
 
+class _Transport:
+    """Takes what a connection writes (the socket is not what is measured)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000 + id(self) % 20000) if name == "peername" else None
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        raise AssertionError("the turn budget held a connection up: the bench is off")
+
+
+def gateway_rr(root: Path, n: int, conns: int = 50) -> float:
+    """cpu ns per IAMAT line, request/response from `conns` connections."""
+    from gateway.server import ClientConnection
+
+    node = _node(root, "Alford")
+    connections = []
+    for _ in range(conns):
+        conn = ClientConnection(node.gateway)
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        connections.append(conn)
+    node.turn.end()
+    lines = [data + b"\n" for read in _iamats(n, 1, "r") for data in read.split(b"\n") if data]
+    turn, gateway = node.turn.end, node.gateway
+    began = time.process_time_ns()
+    for i in range(0, n, conns):
+        for conn, line in zip(connections, lines[i : i + conns], strict=False):
+            conn.data_received(line)
+        turn()
+        if gateway._turn_scheduled:  # the loop's next iteration would start a new one
+            gateway._next_turn()
+    took = time.process_time_ns() - began
+    assert node.counters.iamat == n, node.counters.iamat
+    return took / n
+
+
 def bus(root: Path, n: int, records: int) -> float:
     """cpu ns per record Parker receives from Alford, forwards and logs."""
     node = _node(root, "Parker")
@@ -140,13 +190,15 @@ def measure(run: Run) -> Result:
         try:
             if point == "gateway":
                 ns = asyncio.run(_in_loop(gateway, root, args.lines, args.batch))
+            elif point == "gateway-rr":
+                ns = asyncio.run(_in_loop(gateway_rr, root, args.lines))
             else:
                 ns = asyncio.run(_in_loop(bus, root, args.lines, args.records))
         finally:
             shutil.rmtree(root, ignore_errors=True)
         return {"us": ns / 1000}
 
-    raw = run.repeat(["gateway", "bus"], once, label=lambda p: p)
+    raw = run.repeat(["gateway", "gateway-rr", "bus"], once, label=lambda p: p)
     figures = {p: summary([r["us"] for r in raw[p]]) for p in raw}
 
     def show() -> None:

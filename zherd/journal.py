@@ -19,16 +19,21 @@ MAX_TURN_BYTES = 4 << 20
 PLACES_SHOWN = 400  # bytes of a WHATSAT's places JSON shown in its one log line
 
 
-class Journal:
-    """The turn's events, in order. An entry of `_events` is one event or several, one a
-    line: every line break in it separates two events (none is inside one)."""
+Batch = tuple[str, Sequence[bytes], bytes]  # a client's: peer, lines received, bytes sent
 
-    __slots__ = ("_bytes", "_events", "_left_out", "max_bytes", "server")
+
+class Journal:
+    """The turn's events, in order. An entry of `_events` is text (one event or several,
+    one a line: every line break in it separates two events), or a client's batch, which
+    `write` formats together with the turn's other batches."""
+
+    __slots__ = ("_batches", "_bytes", "_events", "_left_out", "max_bytes", "server")
 
     def __init__(self, server: str, max_bytes: int = MAX_TURN_BYTES) -> None:
         self.server = server
         self.max_bytes = max_bytes
-        self._events: list[str] = []
+        self._events: list[str | Batch] = []
+        self._batches = 0
         self._bytes = 0
         self._left_out = 0
 
@@ -44,14 +49,15 @@ class Journal:
         self._events.append(event)
 
     def client(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
-        """A batch of one client connection: each line in, each reply out."""
-        if received:
-            self.lines(f"client {peer} <- ", received)
-        if sent:
-            sent = sent.rstrip(b"\n")
-            self.lines(
-                f"client {peer} -> ", reply_events(sent) if b"\n{" in sent else sent.split(b"\n")
-            )
+        """A batch of one client connection: each line in, each reply out. Kept as it
+        is until `write`, which formats every client batch of the turn in one pass (a
+        request/response turn is fifty batches of a line each)."""
+        if self._bytes > self.max_bytes:
+            self._left_out += len(received) + sent.count(b"\n")
+            return
+        self._bytes += sum(map(len, received)) + len(sent) + CLIENT_HEAD * (len(received) + 1)
+        self._events.append((peer, received, sent))
+        self._batches += 1
 
     def lines(self, head: str, lines: Sequence[object]) -> None:
         """Lines a client or neighbor sent or was sent, each an event behind `head`.
@@ -63,32 +69,77 @@ class Journal:
         if self._bytes > self.max_bytes:
             self._left_out += len(lines)
             return
-        try:
-            joined = b"\n".join(lines)  # type: ignore[arg-type]
-            careful = (
-                max(map(len, lines)) > logs.MAX_LOGGED  # type: ignore[arg-type]
-                or joined.count(b"\n") != len(lines) - 1  # a line break inside a line
-                or logs.bytes_need_care(joined)
-            )
-        except TypeError:  # not all bytes (a neighbor's records are checked later)
-            careful = True
-        if careful:
-            text = "\n".join(map(_shown, lines))
-        else:
-            text = joined.decode("utf-8", "backslashreplace")
+        text = _text(lines)
         self._bytes += len(text) + len(head) * len(lines)
         self._events.append(head + text.replace("\n", "\n" + head))
 
     def write(self) -> None:
         """The turn's record, once per turn."""
+        events = self._events
+        if self._batches:
+            events = _with_batches(events)
         if self._left_out:
-            self._events.append(f"{self._left_out} more lines this turn not logged (turn limit)")
-        if self._events:
-            logs.write(self.server, "INFO", self._events)
-        self._events, self._bytes, self._left_out = [], 0, 0
+            events.append(f"{self._left_out} more lines this turn not logged (turn limit)")
+        if events:
+            logs.write(self.server, "INFO", events)  # type: ignore[arg-type]
+        self._events, self._batches, self._bytes, self._left_out = [], 0, 0, 0
 
     def warn(self, events: Sequence[str]) -> None:
         logs.write(self.server, "WARNING", events)
+
+
+CLIENT_HEAD = 32  # characters of `client <peer> -> ` a line, counted against max_bytes
+
+
+def _with_batches(events: list[str | Batch]) -> list[str]:
+    """The turn's entries as text, its client batches formatted together: one join, one
+    scan and one decode for all their lines, then a head put on each."""
+    heads: list[str] = []
+    lines: list[bytes] = []
+    counts: list[int] = []  # each batch's lines
+    for event in events:
+        if type(event) is tuple:
+            peer, received, sent = event
+            out = _replies(sent) if sent else ()
+            heads += [f"client {peer} <- "] * len(received) + [f"client {peer} -> "] * len(out)
+            lines += received
+            lines += out
+            counts.append(len(received) + len(out))
+    texts = _text(lines).split("\n") if lines else []
+    shown = [head + text for head, text in zip(heads, texts, strict=True)]
+    formatted: list[str] = []
+    at = 0
+    batch = iter(counts)
+    for event in events:
+        if type(event) is tuple:
+            n = next(batch)
+            formatted += shown[at : at + n]
+            at += n
+        else:
+            formatted.append(event)  # type: ignore[arg-type]
+    return formatted
+
+
+def _replies(sent: bytes) -> list[bytes]:
+    sent = sent.rstrip(b"\n")
+    return reply_events(sent) if b"\n{" in sent else sent.split(b"\n")
+
+
+def _text(lines: Sequence[object]) -> str:
+    """Lines as the log shows them, one a line: joined, scanned and decoded at once,
+    unless one must be cut or escaped, or is not bytes; then line by line."""
+    try:
+        joined = b"\n".join(lines)  # type: ignore[arg-type]
+        careful = (
+            max(map(len, lines), default=0) > logs.MAX_LOGGED  # type: ignore[arg-type]
+            or joined.count(b"\n") != len(lines) - 1  # a line break inside a line
+            or logs.bytes_need_care(joined)
+        )
+    except TypeError:  # not all bytes (a neighbor's records are checked later)
+        careful = True
+    if careful:
+        return "\n".join(map(_shown, lines))
+    return joined.decode("utf-8", "backslashreplace")
 
 
 def _shown(line: object) -> str:
