@@ -90,7 +90,13 @@ class Node:
             self.turn.soon,
             rules.max_future_ns,
         )
-        self.turn.steps = [self._commit, self.gateway.send, self._flush, self.journal.write]
+        self.turn.steps = [
+            self._commit,
+            self.gateway.send,
+            self._time_replies,
+            self._flush,
+            self.journal.write,
+        ]
         self.places: PlacesProvider = make_provider(topology.places)
         self.loaded = False
         self.stopping = False
@@ -133,11 +139,6 @@ class Node:
         if received or sent:
             self.journal.client(peer, received, sent)
             self.turn.soon()
-        answered = self.counters.iamat - self._iamat_timed
-        if answered:  # one observation for the batch: its IAMATs were answered together
-            self._iamat_timed += answered
-            took = time.time_ns() - self._batch_ns
-            self.latency.iamat.observe(took if took > 0 else 0, answered)
 
     def note(self, message: str) -> None:
         self.journal.add(logs.escape(message))
@@ -168,6 +169,15 @@ class Node:
         disk.commit()
         if disk.wants_compaction(len(self.locations)):
             disk.compact(list(self.locations), self._meta())
+
+    def _time_replies(self) -> None:
+        """The turn's IAMATs, from the last read to the replies written: one observation
+        for all of them (they were answered together)."""
+        answered = self.counters.iamat - self._iamat_timed
+        if answered:
+            self._iamat_timed += answered
+            took = time.time_ns() - self._batch_ns
+            self.latency.iamat.observe(took if took > 0 else 0, answered)
 
     def _flush(self) -> None:
         """The turn's updates to the neighbors, timed when there were any."""

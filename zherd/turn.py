@@ -5,7 +5,8 @@ messages) only changes memory. Once per turn, in this order:
 
 1. the turn's new entries go to disk in one write (`disk.Disk.commit`), so that
    nothing is acknowledged or forwarded that a crash of this process could lose;
-2. the turn's replies leave (the gateway holds them until the commit);
+2. the turn's replies leave (the gateway holds them until the commit), timed
+   together for the IAMAT latency histogram;
 3. the neighbors get the turn's updates, one message each (`links.Links.flush`);
 4. the turn's log record is written (`journal.Journal`).
 
