@@ -264,9 +264,11 @@ class Session:
         queue = self._queue
         out: list[bytes] = []
         handled = lines
+        cut = False  # a line too long among them (logged as the part kept)
         for i, line in enumerate(lines):
             if type(line) is Invalid:
                 out.append(format_invalid(line.line))
+                cut = True
                 continue
             event = parse_line(line, max_id)
             if type(event) is IAmAt:
@@ -301,8 +303,8 @@ class Session:
             sent = self._flush()
         else:
             sent = b"".join(out)
-        received = [ln.line if type(ln) is Invalid else ln for ln in handled]
-        self._write(sent, received, actions)
+        received = [ln.line if type(ln) is Invalid else ln for ln in handled] if cut else handled
+        self._write(sent, received, actions)  # type: ignore[arg-type]
 
     def _flush(self) -> bytes:
         """The replies at the head of the queue that are ready, joined."""
