@@ -23,30 +23,43 @@ Batch = tuple[str, Sequence[bytes], bytes]  # a client's: peer, lines received, 
 
 
 class Journal:
-    """The turn's events, in order. An entry of `_events` is text (one event or several,
-    one a line: every line break in it separates two events), or a client's batch, which
-    `write` formats together with the turn's other batches."""
+    """The turn's events, in order, as the bytes of the file: an entry of `_events` is
+    one line or several, each with the turn's prefix already (time, server, level), or
+    a client's batch, which `write` formats together with the turn's other batches.
 
-    __slots__ = ("_batches", "_bytes", "_events", "_left_out", "max_bytes", "server")
+    The prefix is made once a turn, at its first event (the time every line of the turn
+    shows), so a batch of lines takes it in the same pass that puts on its head."""
+
+    __slots__ = ("_batches", "_bytes", "_events", "_left_out", "_prefix", "max_bytes", "server")
 
     def __init__(self, server: str, max_bytes: int = MAX_TURN_BYTES) -> None:
         self.server = server
         self.max_bytes = max_bytes
-        self._events: list[str | Batch] = []
+        self._events: list[bytes | Batch] = []
         self._batches = 0
         self._bytes = 0
         self._left_out = 0
+        self._prefix = b""  # the turn's, once it has an event
 
     def __bool__(self) -> bool:
         return bool(self._events or self._left_out)
+
+    def _head(self, head: str) -> bytes:
+        """The prefix of this turn's lines, then `head`."""
+        if not self._prefix:
+            self._prefix = logs.prefix(self.server, "INFO").encode()
+        return self._prefix + head.encode("utf-8", "backslashreplace")
 
     def add(self, event: str) -> None:
         """One event, escaped already (`logs.escape`)."""
         if self._bytes > self.max_bytes:
             self._left_out += 1
             return
-        self._bytes += len(event)
-        self._events.append(event)
+        line = self._head(event)
+        if b"\n" in line:  # every line of the file starts with the prefix
+            line = line.replace(b"\n", b"\n" + self._prefix)
+        self._bytes += len(event)  # the prefixes are not counted: they are bounded by lines
+        self._events.append(line)
 
     def client(self, peer: str, received: Sequence[bytes], sent: bytes) -> None:
         """A batch of one client connection: each line in, each reply out. Kept as it
@@ -62,27 +75,59 @@ class Journal:
     def lines(self, head: str, lines: Sequence[object]) -> None:
         """Lines a client or neighbor sent or was sent, each an event behind `head`.
 
-        The batch is joined, decoded and scanned once for anything to escape; only a
-        batch that has some (or a line to cut, or something not bytes) goes line by line."""
+        The batch is joined and scanned once for anything to escape, and takes the
+        prefix and head in one pass; only a batch that has something to escape (or a
+        line to cut, or something not bytes) goes line by line."""
         if not lines:
             return
         if self._bytes > self.max_bytes:
             self._left_out += len(lines)
             return
-        text = _text(lines)
-        self._bytes += len(text) + len(head) * len(lines)
-        self._events.append(head + text.replace("\n", "\n" + head))
+        head_bytes = self._head(head)
+        data = _shown_lines(lines)
+        self._bytes += len(data) + len(head) * len(lines)
+        self._events.append(head_bytes + data.replace(b"\n", b"\n" + head_bytes))
 
     def write(self) -> None:
         """The turn's record, once per turn."""
-        events = self._events
-        if self._batches:
-            events = _with_batches(events)
         if self._left_out:
-            events.append(f"{self._left_out} more lines this turn not logged (turn limit)")
+            self._bytes = 0  # the note itself is let through
+            self.add(f"{self._left_out} more lines this turn not logged (turn limit)")
+        events = self._with_batches() if self._batches else self._events
         if events:
-            logs.write(self.server, "INFO", events)  # type: ignore[arg-type]
+            logs.write_info(b"\n".join(events) + b"\n")  # type: ignore[arg-type]
         self._events, self._batches, self._bytes, self._left_out = [], 0, 0, 0
+        self._prefix = b""
+
+    def _with_batches(self) -> list[bytes]:
+        """The turn's entries, its client batches formatted together: one join, one
+        scan for all their lines, then a head put on each."""
+        events = self._events
+        heads: list[bytes] = []
+        lines: list[bytes] = []
+        counts: list[int] = []  # each batch's lines
+        for event in events:
+            if type(event) is tuple:
+                peer, received, sent = event
+                out = _replies(sent) if sent else ()
+                heads += [self._head(f"client {peer} <- ")] * len(received)
+                heads += [self._head(f"client {peer} -> ")] * len(out)
+                lines += received
+                lines += out
+                counts.append(len(received) + len(out))
+        texts = _shown_lines(lines).split(b"\n") if lines else []
+        shown = [head + text for head, text in zip(heads, texts, strict=True)]
+        formatted: list[bytes] = []
+        at = 0
+        batch = iter(counts)
+        for event in events:
+            if type(event) is tuple:
+                n = next(batch)
+                formatted += shown[at : at + n]
+                at += n
+            else:
+                formatted.append(event)  # type: ignore[arg-type]
+        return formatted
 
     def warn(self, events: Sequence[str]) -> None:
         logs.write(self.server, "WARNING", events)
@@ -91,43 +136,14 @@ class Journal:
 CLIENT_HEAD = 32  # characters of `client <peer> -> ` a line, counted against max_bytes
 
 
-def _with_batches(events: list[str | Batch]) -> list[str]:
-    """The turn's entries as text, its client batches formatted together: one join, one
-    scan and one decode for all their lines, then a head put on each."""
-    heads: list[str] = []
-    lines: list[bytes] = []
-    counts: list[int] = []  # each batch's lines
-    for event in events:
-        if type(event) is tuple:
-            peer, received, sent = event
-            out = _replies(sent) if sent else ()
-            heads += [f"client {peer} <- "] * len(received) + [f"client {peer} -> "] * len(out)
-            lines += received
-            lines += out
-            counts.append(len(received) + len(out))
-    texts = _text(lines).split("\n") if lines else []
-    shown = [head + text for head, text in zip(heads, texts, strict=True)]
-    formatted: list[str] = []
-    at = 0
-    batch = iter(counts)
-    for event in events:
-        if type(event) is tuple:
-            n = next(batch)
-            formatted += shown[at : at + n]
-            at += n
-        else:
-            formatted.append(event)  # type: ignore[arg-type]
-    return formatted
-
-
 def _replies(sent: bytes) -> list[bytes]:
     sent = sent.rstrip(b"\n")
     return reply_events(sent) if b"\n{" in sent else sent.split(b"\n")
 
 
-def _text(lines: Sequence[object]) -> str:
-    """Lines as the log shows them, one a line: joined, scanned and decoded at once,
-    unless one must be cut or escaped, or is not bytes; then line by line."""
+def _shown_lines(lines: Sequence[object]) -> bytes:
+    """Lines as the log shows them, one a line, in UTF-8: ASCII with nothing to cut or
+    escape (the usual batch) as it came; otherwise decoded, escaped and cut line by line."""
     try:
         joined = b"\n".join(lines)  # type: ignore[arg-type]
         careful = (
@@ -138,8 +154,10 @@ def _text(lines: Sequence[object]) -> str:
     except TypeError:  # not all bytes (a neighbor's records are checked later)
         careful = True
     if careful:
-        return "\n".join(map(_shown, lines))
-    return joined.decode("utf-8", "backslashreplace")
+        return "\n".join(map(_shown, lines)).encode("utf-8", "backslashreplace")
+    if joined.isascii():
+        return joined
+    return joined.decode("utf-8", "backslashreplace").encode()
 
 
 def _shown(line: object) -> str:

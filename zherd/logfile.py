@@ -45,7 +45,9 @@ class LogFile:
         self._size = os.fstat(self._fd).st_size
 
     def write(self, text: str) -> None:
-        data = text.encode("utf-8", "backslashreplace")
+        self.write_bytes(text.encode("utf-8", "backslashreplace"))
+
+    def write_bytes(self, data: bytes) -> None:
         if self._size and self._size + len(data) > self.rotation:
             self._rotate()
         view = memoryview(data)

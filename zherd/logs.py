@@ -154,14 +154,19 @@ def setup(server: str, config: LoggingConfig, console_level: str = "WARNING") ->
 
 
 def write(server: str, level: str, events: Sequence[str]) -> None:
-    """Several events as one record: one write, every line prefixed. The journal's INFO
-    records (the hot path) go straight to the file; anything more severe also goes
-    through loguru, to reach the console."""
+    """Several events as one record: one write, every line prefixed; through loguru,
+    which also shows warnings on the console."""
     text = lines(prefix(server, level), events)
-    if not text:
-        return
-    if level == "INFO" and _file is not None:
-        if _file_level <= INFO:
-            _file.write(text)
-        return
-    logger.bind(raw=text).log(level, text.rstrip("\n"))
+    if text:
+        logger.bind(raw=text).log(level, text.rstrip("\n"))
+
+
+def info_enabled() -> bool:
+    """Whether INFO lines reach the file (the journal skips its work when they do not)."""
+    return _file is not None and _file_level <= INFO
+
+
+def write_info(record: bytes) -> None:
+    """A journal's INFO record, its lines prefixed already: straight to the file."""
+    if _file is not None and _file_level <= INFO:
+        _file.write_bytes(record)
