@@ -30,7 +30,16 @@ class Journal:
     The prefix is made once a turn, at its first event (the time every line of the turn
     shows), so a batch of lines takes it in the same pass that puts on its head."""
 
-    __slots__ = ("_batches", "_bytes", "_events", "_left_out", "_prefix", "max_bytes", "server")
+    __slots__ = (
+        "_batches",
+        "_bytes",
+        "_events",
+        "_heads",
+        "_left_out",
+        "_prefix",
+        "max_bytes",
+        "server",
+    )
 
     def __init__(self, server: str, max_bytes: int = MAX_TURN_BYTES) -> None:
         self.server = server
@@ -40,6 +49,7 @@ class Journal:
         self._bytes = 0
         self._left_out = 0
         self._prefix = b""  # the turn's, once it has an event
+        self._heads: dict[str, tuple[bytes, bytes]] = {}  # peer -> its heads in and out
 
     def __bool__(self) -> bool:
         return bool(self._events or self._left_out)
@@ -100,40 +110,54 @@ class Journal:
         self._prefix = b""
 
     def _with_batches(self) -> list[bytes]:
-        """The turn's entries, its client batches formatted together: one join, one
-        scan for all their lines, then a head put on each."""
+        """The turn's entries, its client batches formatted together: one join and one
+        scan for all their lines, then each line takes its prefix and head."""
         events = self._events
-        heads: list[bytes] = []
         lines: list[bytes] = []
-        counts: list[int] = []  # each batch's lines
+        replies: list[list[bytes]] = []  # each batch's lines out
         for event in events:
             if type(event) is tuple:
-                peer, received, sent = event
-                out = _replies(sent) if sent else ()
-                heads += [self._head(f"client {peer} <- ")] * len(received)
-                heads += [self._head(f"client {peer} -> ")] * len(out)
+                _, received, sent = event
+                out = _replies(sent) if sent else []
+                replies.append(out)
                 lines += received
                 lines += out
-                counts.append(len(received) + len(out))
         texts = _shown_lines(lines).split(b"\n") if lines else []
-        shown = [head + text for head, text in zip(heads, texts, strict=True)]
-        formatted: list[bytes] = []
-        at = 0
-        batch = iter(counts)
+        if not self._prefix:
+            self._head("")
+        prefix, formatted = self._prefix, []
+        at = batch = 0
         for event in events:
-            if type(event) is tuple:
-                n = next(batch)
-                formatted += shown[at : at + n]
-                at += n
-            else:
+            if type(event) is not tuple:
                 formatted.append(event)  # type: ignore[arg-type]
+                continue
+            into, out = self._peer_heads(event[0])
+            for head, n in ((into, len(event[1])), (out, len(replies[batch]))):
+                if n == 1:  # the usual batch: a line each way
+                    formatted.append(prefix + head + texts[at])
+                elif n:
+                    formatted += [prefix + head + text for text in texts[at : at + n]]
+                at += n
+            batch += 1
         return formatted
+
+    def _peer_heads(self, peer: str) -> tuple[bytes, bytes]:
+        """`client <peer> <- ` and `-> `, made once a connection (kept for the last few
+        thousand peers)."""
+        heads = self._heads.get(peer)
+        if heads is None:
+            if len(self._heads) >= PEERS_KEPT:
+                self._heads.clear()
+            name = peer.encode("utf-8", "backslashreplace")
+            heads = self._heads[peer] = (b"client %s <- " % name, b"client %s -> " % name)
+        return heads
 
     def warn(self, events: Sequence[str]) -> None:
         logs.write(self.server, "WARNING", events)
 
 
 CLIENT_HEAD = 32  # characters of `client <peer> -> ` a line, counted against max_bytes
+PEERS_KEPT = 4096
 
 
 def _replies(sent: bytes) -> list[bytes]:
