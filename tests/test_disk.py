@@ -11,7 +11,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from zherd import disk as disk_module
 from zherd.disk import (
     ENTRY,
     FRAME,
@@ -487,3 +490,12 @@ async def test_a_compaction_after_one_cut_short_keeps_what_only_its_old_log_held
     await disk.close()
     assert not (tmp_path / "A.log.old").exists()
     assert Disk(tmp_path, "A").load().entries == [first, second]
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20), st.sampled_from([ENTRY, META]))
+def test_entries_are_framed_alike_in_c_and_python(entries: list[bytes], kind: int) -> None:
+    """zherd._speedups.frame_entries (when built) gives exactly `frame`'s bytes."""
+    seed = disk_module._SEEDS[kind]
+    expected = b"".join(frame(kind, e) for e in entries)
+    assert disk_module.frame_entries_python(entries, seed, kind) == expected
+    assert disk_module.frame_entries(entries, seed, kind) == expected

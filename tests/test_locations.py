@@ -303,3 +303,27 @@ def test_the_compiled_put_stores_as_the_python_one(puts: list) -> None:
             locations.store_put_python(theirs, client, time_ns, origin, record, via, seq)
         )
         assert list(ours.items()) == list(theirs.items())  # the same entries, in the same order
+
+
+HELD = st.dictionaries(
+    st.sampled_from([b"a", b"b", b"", b"a b"]),
+    st.binary(max_size=40).map(lambda record: pack(1, 2, 3, record)),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(HELD, st.one_of(st.binary(max_size=40), st.text(max_size=10), st.integers()))
+def test_the_compiled_holds_answers_as_the_python_one(held: dict, record: object) -> None:
+    if locations.store_holds is locations.store_holds_python:
+        return  # not built here
+    for entries in (
+        held,
+        {**held, **{b"a": pack(1, 2, 3, record)}} if type(record) is bytes else held,
+    ):
+        assert locations.store_holds(entries, record) == locations.store_holds_python(
+            entries, record
+        )
+    if type(record) is bytes and record.count(b" ") >= 2:  # what is held is held
+        client = record.split(b" ", 3)[2]
+        assert locations.store_holds({client: pack(9, 9, 9, record)}, record)

@@ -11,6 +11,9 @@
  *       -> (client_id, origin, time_ns), or the reason (a str) it is not a record
  *   put(entries, client_id, time_ns, origin, record, via, seq)  (zherd/locations.py)
  *       -> the new entry stored under client_id, or None if what is held is as new
+ *   holds(entries, record) -> whether the entry held for its client is that record
+ *   frame_entries(entries, seed, kind) -> the disk frames of entries, joined
+ *                                         (zherd/disk.py: length, CRC-32, kind, entry)
  *
  * The grammar (record.py's _LINE, fullmatch):
  *   origin SP skew SP client SP lat lon SP time
@@ -293,19 +296,115 @@ static PyObject *put(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     return entry;
 }
 
+static PyObject *holds(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "holds(entries, record)");
+        return NULL;
+    }
+    PyObject *record = args[1];
+    if (!PyBytes_Check(record))
+        Py_RETURN_FALSE; /* not a record: validation says why */
+    const char *p = PyBytes_AS_STRING(record);
+    Py_ssize_t n = PyBytes_GET_SIZE(record);
+    /* the client id: the third field (record.client_of: split(b" ", 3)[2]) */
+    const char *first = memchr(p, ' ', n);
+    const char *second = first ? memchr(first + 1, ' ', n - (first + 1 - p)) : NULL;
+    if (second == NULL)
+        Py_RETURN_FALSE;
+    const char *start = second + 1;
+    const char *third = memchr(start, ' ', n - (start - p));
+    Py_ssize_t len = (third ? third : p + n) - start;
+    PyObject *client_id = PyBytes_FromStringAndSize(start, len);
+    if (client_id == NULL)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(args[0], client_id); /* borrowed */
+    Py_DECREF(client_id);
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    if (PyBytes_Check(entry) && PyBytes_GET_SIZE(entry) == HEADER_SIZE + n &&
+        memcmp(PyBytes_AS_STRING(entry) + HEADER_SIZE, p, n) == 0)
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+/* CRC-32 as zlib computes it (reflected, polynomial 0xEDB88320), continuing from `crc`. */
+static unsigned int crc_table[256];
+
+static void make_crc_table(void) {
+    for (unsigned int k = 0; k < 256; k++) {
+        unsigned int c = k;
+        for (int bit = 0; bit < 8; bit++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[k] = c;
+    }
+}
+
+static unsigned int crc32_update(unsigned int crc, const unsigned char *p, Py_ssize_t n) {
+    unsigned int c = crc ^ 0xFFFFFFFFu;
+    for (Py_ssize_t k = 0; k < n; k++)
+        c = crc_table[(c ^ p[k]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+#define FRAME_HEADER 9 /* disk.FRAME "<IIB": payload length, CRC-32 (seeded by kind), kind */
+
+static PyObject *frame_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "frame_entries(entries, seed, kind)");
+        return NULL;
+    }
+    PyObject *entries = args[0];
+    unsigned long seed = PyLong_AsUnsignedLong(args[1]);
+    long kind = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(entries), size = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *entry = PyList_GET_ITEM(entries, k);
+        if (!PyBytes_Check(entry) || PyBytes_GET_SIZE(entry) > 0xFFFFFFFFLL) {
+            PyErr_SetString(PyExc_TypeError, "frame_entries: entries are bytes");
+            return NULL;
+        }
+        size += FRAME_HEADER + PyBytes_GET_SIZE(entry);
+    }
+    PyObject *frames = PyBytes_FromStringAndSize(NULL, size);
+    if (frames == NULL)
+        return NULL;
+    unsigned char *at = (unsigned char *)PyBytes_AS_STRING(frames);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *entry = PyList_GET_ITEM(entries, k);
+        const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(entry);
+        Py_ssize_t len = PyBytes_GET_SIZE(entry);
+        put_le(at, (unsigned long long)len, 4);
+        put_le(at + 4, crc32_update((unsigned int)seed, payload, len), 4);
+        at[8] = (unsigned char)kind;
+        memcpy(at + FRAME_HEADER, payload, len);
+        at += FRAME_HEADER + len;
+    }
+    return frames;
+}
+
 static PyMethodDef methods[] = {
     {"parse_record", (PyCFunction)(void (*)(void))parse_record, METH_FASTCALL,
      "parse_record(line, origins, latest_ns, max_id) -> (client_id, origin, time_ns) | reason"},
     {"put", (PyCFunction)(void (*)(void))put, METH_FASTCALL,
      "put(entries, client_id, time_ns, origin, record, via, seq) -> entry | None"},
+    {"holds", (PyCFunction)(void (*)(void))holds, METH_FASTCALL,
+     "holds(entries, record) -> whether the entry held for its client is that record"},
+    {"frame_entries", (PyCFunction)(void (*)(void))frame_entries, METH_FASTCALL,
+     "frame_entries(entries, seed, kind) -> the entries' disk frames, joined"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "zherd._speedups", "A herd server's record check and store put, compiled.", -1, methods,
+    PyModuleDef_HEAD_INIT, "zherd._speedups", "A herd server's hottest functions, compiled.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
+    make_crc_table();
     struct {
         PyObject **slot;
         const char *text;

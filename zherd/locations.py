@@ -68,10 +68,20 @@ def store_put_python(
     return entry
 
 
+def store_holds_python(entries: dict[bytes, bytes], record: object) -> bool:
+    """`Locations.holds` on its dict (zherd._speedups has the same in C)."""
+    try:
+        entry = entries.get(client_of(record))  # type: ignore[arg-type]
+    except (IndexError, TypeError, AttributeError):  # not a record: validation says why
+        return False
+    return entry is not None and len(entry) == HEADER.size + len(record) and entry.endswith(record)  # type: ignore[arg-type]
+
+
 try:
+    from zherd._speedups import holds as store_holds
     from zherd._speedups import put as store_put
 except ImportError:  # not built (no C compiler where it was installed)
-    store_put = store_put_python
+    store_holds, store_put = store_holds_python, store_put_python
 
 
 class Locations:
@@ -97,13 +107,7 @@ class Locations:
         Cyclic topologies deliver most updates twice; this lets a receiver drop the
         copy for the price of a lookup instead of validating it first.
         """
-        try:
-            entry = self._entries.get(client_of(record))
-        except (IndexError, TypeError, AttributeError):  # not a record: validation says why
-            return False
-        return (
-            entry is not None and len(entry) == HEADER.size + len(record) and entry.endswith(record)
-        )
+        return store_holds(self._entries, record)
 
     def put(
         self, client_id: bytes, time_ns: int, origin: bytes, record: bytes, via: int
