@@ -7,6 +7,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zherd import record
 from zherd.record import (
@@ -274,3 +276,17 @@ def test_a_client_id_no_iamat_could_carry_is_rejected(client: bytes) -> None:
     """A client's IAMAT must be UTF-8 (the gateway answers `?` otherwise): so must a record."""
     line = b"Alford +0.000000000 " + client + b" +1+1 10"
     assert checked(line) == Rejected("client id is not UTF-8")
+
+
+@given(
+    st.sampled_from([b"Alford", b"B"]),
+    st.one_of(st.integers(-(10**40), 10**40), st.sampled_from([2**63, -(2**63), 2**63 - 1])),
+    st.binary(max_size=20),
+)
+def test_the_compiled_record_is_made_as_the_python_one(
+    origin: bytes, skew_ns: int, client: bytes
+) -> None:
+    if record.make_record is record.make_record_python:
+        return  # not built here
+    fields_ = (origin, skew_ns, client, b"+1-1", b"1400794645.39")
+    assert record.make_record(*fields_) == record.make_record_python(*fields_)

@@ -14,6 +14,8 @@
  *   holds(entries, record) -> whether the entry held for its client is that record
  *   frame_entries(entries, seed, kind) -> the disk frames of entries, joined
  *                                         (zherd/disk.py: length, CRC-32, kind, entry)
+ *   make_record(origin, skew_ns, client_id, coords, time) -> the record an IAMAT makes
+ *                                         (zherd/record.py: make and format_skew)
  *
  * The grammar (record.py's _LINE, fullmatch):
  *   origin SP skew SP client SP lat lon SP time
@@ -387,6 +389,83 @@ static PyObject *frame_entries(PyObject *module, PyObject *const *args, Py_ssize
     return frames;
 }
 
+static PyObject *make_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "make_record(origin, skew_ns, client_id, coords, time)");
+        return NULL;
+    }
+    PyObject *origin = args[0], *client_id = args[2], *coords = args[3], *time = args[4];
+    if (!PyBytes_Check(origin) || !PyBytes_Check(client_id) || !PyBytes_Check(coords) ||
+        !PyBytes_Check(time)) {
+        PyErr_SetString(PyExc_TypeError, "make_record: bytes fields");
+        return NULL;
+    }
+    /* the skew: signed seconds with exactly 9 decimals; |skew| in decimal digits */
+    int overflow;
+    long long ns = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (ns == -1 && PyErr_Occurred())
+        return NULL;
+    char digits[64];
+    int negative;
+    Py_ssize_t ndigits;
+    if (overflow == 0 && ns != LLONG_MIN) {
+        negative = ns < 0;
+        unsigned long long magnitude = (unsigned long long)(negative ? -ns : ns);
+        ndigits = snprintf(digits, sizeof digits, "%llu", magnitude);
+    } else { /* beyond int64 (a client time far from now): Python's digits */
+        PyObject *magnitude = PyNumber_Absolute(args[1]);
+        PyObject *text = magnitude ? PyObject_Str(magnitude) : NULL;
+        Py_XDECREF(magnitude);
+        if (text == NULL)
+            return NULL;
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(text, &len);
+        if (utf8 == NULL || len >= (Py_ssize_t)sizeof digits) {
+            Py_DECREF(text);
+            PyErr_SetString(PyExc_OverflowError, "make_record: skew too large");
+            return NULL;
+        }
+        memcpy(digits, utf8, len);
+        ndigits = len;
+        Py_DECREF(text);
+        PyObject *zero = PyLong_FromLong(0);
+        negative = zero ? PyObject_RichCompareBool(args[1], zero, Py_LT) : -1;
+        Py_XDECREF(zero);
+        if (negative < 0)
+            return NULL;
+    }
+    Py_ssize_t width = ndigits > 10 ? ndigits : 10; /* zero-padded, as "%010d" */
+    Py_ssize_t skew_len = 1 + width + 1;             /* sign, digits, point */
+    Py_ssize_t lo = PyBytes_GET_SIZE(origin), lc = PyBytes_GET_SIZE(client_id),
+               lx = PyBytes_GET_SIZE(coords), lt = PyBytes_GET_SIZE(time);
+    PyObject *record = PyBytes_FromStringAndSize(NULL, lo + 1 + skew_len + 1 + lc + 1 + lx + 1 + lt);
+    if (record == NULL)
+        return NULL;
+    char *at = PyBytes_AS_STRING(record);
+    memcpy(at, PyBytes_AS_STRING(origin), lo);
+    at += lo;
+    *at++ = ' ';
+    *at++ = negative ? '-' : '+';
+    /* the digits, zero-padded on the left to at least 10 (so "0.000012000") */
+    char padded[80];
+    memset(padded, '0', width - ndigits);
+    memcpy(padded + width - ndigits, digits, ndigits);
+    memcpy(at, padded, width - 9);
+    at += width - 9;
+    *at++ = '.';
+    memcpy(at, padded + width - 9, 9);
+    at += 9;
+    *at++ = ' ';
+    memcpy(at, PyBytes_AS_STRING(client_id), lc);
+    at += lc;
+    *at++ = ' ';
+    memcpy(at, PyBytes_AS_STRING(coords), lx);
+    at += lx;
+    *at++ = ' ';
+    memcpy(at, PyBytes_AS_STRING(time), lt);
+    return record;
+}
+
 static PyMethodDef methods[] = {
     {"parse_record", (PyCFunction)(void (*)(void))parse_record, METH_FASTCALL,
      "parse_record(line, origins, latest_ns, max_id) -> (client_id, origin, time_ns) | reason"},
@@ -394,6 +473,8 @@ static PyMethodDef methods[] = {
      "put(entries, client_id, time_ns, origin, record, via, seq) -> entry | None"},
     {"holds", (PyCFunction)(void (*)(void))holds, METH_FASTCALL,
      "holds(entries, record) -> whether the entry held for its client is that record"},
+    {"make_record", (PyCFunction)(void (*)(void))make_record, METH_FASTCALL,
+     "make_record(origin, skew_ns, client_id, coords, time) -> record"},
     {"frame_entries", (PyCFunction)(void (*)(void))frame_entries, METH_FASTCALL,
      "frame_entries(entries, seed, kind) -> the entries' disk frames, joined"},
     {NULL, NULL, 0, NULL},

@@ -86,7 +86,7 @@ class Node:
             self.replicator,
             self.counters,
             self.journal,
-            self._stored_all,
+            self._stored,
             self.turn.soon,
             rules.max_future_ns,
         )
@@ -109,15 +109,18 @@ class Node:
     # gateway.backend.Backend
 
     def iamat(self, event: IAmAt, received_ns: int) -> bytes:
-        skew = record.format_skew(received_ns - event.time_ns)
-        line = record.make(self._origin, skew, event.client_id, event.coords, event.time)
+        line = record.make_record(
+            self._origin, received_ns - event.time_ns, event.client_id, event.coords, event.time
+        )
         entry = self.locations.put(event.client_id, event.time_ns, self._origin, line, FROM_CLIENT)
         self.counters.iamat += 1
         self._batch_ns = received_ns
         if entry is None:
             self.counters.iamat_stale += 1
         else:
-            self._stored(entry)
+            if self.disk is not None:
+                self.disk.add(entry)
+            self.turn.soon()
         return record.at_line(line)
 
     def lookup(self, client_id: bytes) -> Fix | None:
@@ -149,12 +152,7 @@ class Node:
 
     # the turn
 
-    def _stored(self, entry: bytes) -> None:
-        if self.disk is not None:
-            self.disk.add(entry)
-        self.turn.soon()
-
-    def _stored_all(self, entries: list[bytes]) -> None:
+    def _stored(self, entries: list[bytes]) -> None:
         if self.disk is not None:
             self.disk.add_all(entries)
         self.turn.soon()
