@@ -29,9 +29,11 @@ NS = 1_000_000_000
 
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs against both puts: zherd._speedups and the pure Python."""
+    """Every test here runs against both stores: zherd._speedups and the pure Python."""
     if request.param == "python":
         monkeypatch.setattr(locations, "store_put", locations.store_put_python)
+        monkeypatch.setattr(locations, "store_holds", locations.store_holds_python)
+        monkeypatch.setattr(locations, "store_apply", locations.store_apply_python)
     elif locations.store_put is locations.store_put_python:
         pytest.skip("zherd._speedups is not built here")
     return request.param
@@ -327,3 +329,35 @@ def test_the_compiled_holds_answers_as_the_python_one(held: dict, record: object
     if type(record) is bytes and record.count(b" ") >= 2:  # what is held is held
         client = record.split(b" ", 3)[2]
         assert locations.store_holds({client: pack(9, 9, 9, record)}, record)
+
+
+ORIGINS = frozenset({b"Alford", b"Bolden"})
+MESSAGE = st.lists(
+    st.one_of(
+        st.builds(
+            lambda origin, client, t: Record(origin, "+0.000000000", client, "+1+1", t).line,
+            st.sampled_from(["Alford", "Bolden", "Nobody"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["1", "2", "2.5", "99999999999", "-3"]),
+        ),
+        st.binary(max_size=30),
+        st.integers(),
+    ),
+    max_size=12,
+).map(tuple)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(MESSAGE, max_size=4), st.sampled_from([0, 3]))
+def test_the_compiled_apply_answers_as_the_python_one(messages: list, via: int) -> None:
+    compiled = locations.store_apply
+    if compiled is locations.store_apply_python:
+        return  # not built here
+    ours: dict[bytes, bytes] = {}
+    theirs: dict[bytes, bytes] = {}
+    head = 0
+    for records in messages:
+        got = compiled(ours, records, ORIGINS, 50 * NS, 1, via, head)
+        assert got == locations.store_apply_python(theirs, records, ORIGINS, 50 * NS, 1, via, head)
+        assert list(ours.items()) == list(theirs.items())
+        head = got[1]

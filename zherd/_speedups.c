@@ -12,6 +12,9 @@
  *   put(entries, client_id, time_ns, origin, record, via, seq)  (zherd/locations.py)
  *       -> the new entry stored under client_id, or None if what is held is as new
  *   holds(entries, record) -> whether the entry held for its client is that record
+ *   apply(entries, records, origins, latest_ns, max_id, via, head)   (zherd/locations.py)
+ *       -> (entries stored, new head, records invalid, the first one's reason): a
+ *          neighbor's message, each record passed through holds, parse_record and put
  *   frame_entries(entries, seed, kind) -> the disk frames of entries, joined
  *                                         (zherd/disk.py: length, CRC-32, kind, entry)
  *   make_record(origin, skew_ns, client_id, coords, time) -> the record an IAMAT makes
@@ -332,6 +335,71 @@ static PyObject *holds(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_FALSE;
 }
 
+static PyObject *apply(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyDict_CheckExact(args[0]) || !PyTuple_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "apply(entries, records, origins, latest_ns, max_id, via, head)");
+        return NULL;
+    }
+    PyObject *entries = args[0], *records = args[1], *via = args[5];
+    long long head = PyLong_AsLongLong(args[6]);
+    if (head == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *stored = PyList_New(0), *reason = NULL;
+    if (stored == NULL)
+        return NULL;
+    long invalid = 0;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(records); k++) {
+        PyObject *line = PyTuple_GET_ITEM(records, k);
+        PyObject *check_args[2] = {entries, line};
+        PyObject *held = holds(module, check_args, 2);
+        if (held == NULL)
+            goto error;
+        Py_DECREF(held);
+        if (held == Py_True)
+            continue; /* a copy by another path */
+        PyObject *parse_args[4] = {line, args[2], args[3], args[4]};
+        PyObject *fields = parse_record(module, parse_args, 4);
+        if (fields == NULL)
+            goto error;
+        if (PyUnicode_Check(fields)) {
+            invalid++;
+            if (reason == NULL)
+                reason = fields;
+            else
+                Py_DECREF(fields);
+            continue;
+        }
+        PyObject *seq = PyLong_FromLongLong(head + 1);
+        if (seq == NULL) {
+            Py_DECREF(fields);
+            goto error;
+        }
+        PyObject *put_args[7] = {entries, PyTuple_GET_ITEM(fields, 0), PyTuple_GET_ITEM(fields, 2),
+                                 PyTuple_GET_ITEM(fields, 1), line, via, seq};
+        PyObject *entry = put(module, put_args, 7);
+        Py_DECREF(seq);
+        Py_DECREF(fields);
+        if (entry == NULL)
+            goto error;
+        if (entry != Py_None) {
+            head++;
+            if (PyList_Append(stored, entry) < 0) {
+                Py_DECREF(entry);
+                goto error;
+            }
+        }
+        Py_DECREF(entry);
+    }
+    if (reason == NULL && (reason = PyUnicode_FromString("")) == NULL)
+        goto error;
+    return Py_BuildValue("(NLlN)", stored, head, invalid, reason);
+error:
+    Py_DECREF(stored);
+    Py_XDECREF(reason);
+    return NULL;
+}
+
 /* CRC-32 as zlib computes it (reflected, polynomial 0xEDB88320), continuing from `crc`. */
 static unsigned int crc_table[256];
 
@@ -471,6 +539,9 @@ static PyMethodDef methods[] = {
      "parse_record(line, origins, latest_ns, max_id) -> (client_id, origin, time_ns) | reason"},
     {"put", (PyCFunction)(void (*)(void))put, METH_FASTCALL,
      "put(entries, client_id, time_ns, origin, record, via, seq) -> entry | None"},
+    {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
+     "apply(entries, records, origins, latest_ns, max_id, via, head) -> "
+     "(stored, head, invalid, reason)"},
     {"holds", (PyCFunction)(void (*)(void))holds, METH_FASTCALL,
      "holds(entries, record) -> whether the entry held for its client is that record"},
     {"make_record", (PyCFunction)(void (*)(void))make_record, METH_FASTCALL,

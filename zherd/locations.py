@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 
-from zherd.record import client_of
+from zherd.record import client_of, parse_record_python
 
 HEADER = struct.Struct("<QqB")  # seq, client time (ns), via
 RECORD = slice(HEADER.size, None)  # the record: an entry's bytes after its header
@@ -77,11 +77,41 @@ def store_holds_python(entries: dict[bytes, bytes], record: object) -> bool:
     return entry is not None and len(entry) == HEADER.size + len(record) and entry.endswith(record)  # type: ignore[arg-type]
 
 
+def store_apply_python(
+    entries: dict[bytes, bytes],
+    records: tuple[object, ...],
+    origins: frozenset[bytes],
+    latest_ns: int,
+    max_id: int,
+    via: int,
+    head: int,
+) -> tuple[list[bytes], int, int, str]:
+    """`Locations.apply` on its dict: (entries stored, new head, records invalid, the
+    first one's reason). zherd._speedups has the same in C."""
+    stored: list[bytes] = []
+    invalid, reason = 0, ""
+    for line in records:
+        if store_holds_python(entries, line):  # a copy by another path
+            continue
+        fields = parse_record_python(line, origins, latest_ns, max_id)
+        if type(fields) is str:
+            invalid += 1
+            reason = reason or fields
+            continue
+        client_id, origin, time_ns = fields
+        entry = store_put_python(entries, client_id, time_ns, origin, line, via, head + 1)  # type: ignore[arg-type]
+        if entry is not None:
+            head += 1
+            stored.append(entry)
+    return stored, head, invalid, reason
+
+
 try:
+    from zherd._speedups import apply as store_apply
     from zherd._speedups import holds as store_holds
     from zherd._speedups import put as store_put
 except ImportError:  # not built (no C compiler where it was installed)
-    store_holds, store_put = store_holds_python, store_put_python
+    store_apply, store_holds, store_put = store_apply_python, store_holds_python, store_put_python
 
 
 class Locations:
@@ -120,6 +150,21 @@ class Locations:
         if entry is not None:
             self.head += 1
         return entry
+
+    def apply(
+        self,
+        records: tuple[object, ...],
+        origins: frozenset[bytes],
+        latest_ns: int,
+        max_id: int,
+        via: int,
+    ) -> tuple[list[bytes], int, str]:
+        """A neighbor's records, each checked (`record.parse_record`) and put unless we
+        hold it already (`holds`): (entries stored, records invalid, the first's reason)."""
+        stored, self.head, invalid, reason = store_apply(
+            self._entries, records, origins, latest_ns, max_id, via, self.head
+        )
+        return stored, invalid, reason
 
     def since(self, seq: int) -> list[bytes]:
         """Entries stored after `seq`, oldest first."""

@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from zherd import record
 from zherd.counters import LinkCounters
 from zherd.locations import HEADER, RECORD, VIA, Locations, seq_of, via_of
 from zherd.wire import Heartbeat, Message, Sync, Updates
@@ -216,20 +215,10 @@ class Replicator:
     def _updates(
         self, peer: str, inbound: Inbound, message: Updates, now: float, latest_ns: int
     ) -> list[bytes]:
-        stored = []
-        store, rules, via = self.store, self.rules, self.via[peer]
-        put, holds, parse = store.put, store.holds, record.parse_record
-        origins, max_id = rules.origins, rules.max_id
-        invalid, reason = 0, ""
-        for line in message.records:
-            if holds(line):  # a copy by another path (counted stale below)
-                continue
-            fields = parse(line, origins, latest_ns, max_id)
-            if type(fields) is str:
-                invalid += 1
-                reason = reason or fields
-            elif (entry := put(fields[0], fields[2], fields[1], line, via)) is not None:
-                stored.append(entry)
+        rules = self.rules
+        stored, invalid, reason = self.store.apply(  # copies by another path count as stale
+            message.records, rules.origins, latest_ns, rules.max_id, self.via[peer]
+        )
         link = self.links[peer]
         link.records_in += len(message.records)
         link.applied += len(stored)
