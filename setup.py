@@ -7,11 +7,18 @@ the pure-Python functions it keeps beside them (zherd/record.py, zherd/locations
 gateway/protocol.py), which give the same answers.
 """
 
+import sys
+
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension(f"{package}._speedups", [f"{package}/_speedups.c"], optional=True)
+        Extension(
+            f"{package}._speedups",
+            [f"{package}/_speedups.c"],
+            libraries=[] if sys.platform == "win32" else ["m"],
+            optional=True,
+        )
         for package in ("zherd", "gateway")
     ]
 )

@@ -132,6 +132,34 @@ def haversine_h(
     return math.sin((phi2 - phi1) * 0.5) ** 2 + cos1 * cos2 * math.sin((lam2 - lam1) * 0.5) ** 2
 
 
+def near_rows_python(
+    close: list[tuple[float, int]],
+    ps: Any,
+    ls: Any,
+    cs: Any,
+    i: int,
+    j: int,
+    phi: float,
+    lam: float,
+    cos_q: float,
+    h_max: float,
+) -> None:
+    """Append (h, row) for each row in [i, j) within `h_max` of the point (phi, lam): the
+    inner loop of `GeoIndex.within` (zherd._speedups has it in C, with the same floats)."""
+    sin = math.sin
+    close += [
+        (h, row)
+        for row, p, la, c in zip(range(i, j), ps[i:j], ls[i:j], cs[i:j], strict=True)
+        if (h := sin((p - phi) * 0.5) ** 2 + cos_q * c * sin((la - lam) * 0.5) ** 2) <= h_max
+    ]
+
+
+try:
+    from zherd._speedups import near_rows
+except ImportError:  # not built (no C compiler where it was installed)
+    near_rows = near_rows_python
+
+
 def h_to_km(h: float) -> float:
     return 2.0 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(h, 1.0)))
 
@@ -483,12 +511,7 @@ class GeoIndex:
         ps, ls, cs = self._phi, self._lam, self._cos
         close: list[tuple[float, int]] = []
         for i, j in self.row_ranges(search_box(lat, lon, radius_km)):
-            close += [
-                (h, row)
-                for row, p, la, c in zip(range(i, j), ps[i:j], ls[i:j], cs[i:j], strict=True)
-                if (h := sin((p - phi) * 0.5) ** 2 + cos_q * c * sin((la - lam) * 0.5) ** 2)
-                <= h_max
-            ]
+            near_rows(close, ps, ls, cs, i, j, phi, lam, cos_q, h_max)
         ids = self._ids
         hits = (Hit(h_to_km(h), ids[row], row) for h, row in close)
         return [hit for hit in hits if hit.km <= radius_km]
