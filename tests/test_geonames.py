@@ -546,19 +546,19 @@ def test_leftover_temp_files_are_swept(small_source: Source, tmp_path: Path) -> 
 
 
 def test_the_compiled_inner_loop_finds_the_same_floats(index: GeoIndex) -> None:
-    """zherd._speedups.near_rows (when built) gives the Python loop's hits, bit for bit."""
-    if geoindex.near_rows is geoindex.near_rows_python:
+    """zherd._speedups.near_places (when built) gives the Python loop's hits, bit for bit."""
+    if geoindex.near_places is geoindex.near_places_python:
         return  # not built here
     rng = random.Random(7)
-    phi, lam, cos = index._phi, index._lam, index._cos
+    views = (index._phi, index._lam, index._cos, index._ids)
     for _ in range(200):
         lat, lon = rng.uniform(-90, 90), rng.uniform(-180, 180)
         i = rng.randrange(len(index))
         j = min(len(index), i + rng.randrange(2000))
         q = (math.radians(lat), math.radians(lon), math.cos(math.radians(lat)))
-        h_max = rng.choice([1e-6, 1e-4, 1e-2, 1.0])
-        compiled: list[tuple[float, int]] = []
-        python: list[tuple[float, int]] = []
-        geoindex.near_rows(compiled, phi, lam, cos, i, j, *q, h_max)
-        geoindex.near_rows_python(python, phi, lam, cos, i, j, *q, h_max)
+        h_max, radius = rng.choice([(1e-6, 12.0), (1e-4, 120.0), (1e-2, 1300.0), (1.0, 9e9)])
+        compiled: list[tuple[float, int, int]] = []
+        python: list[tuple[float, int, int]] = []
+        geoindex.near_places(compiled, *views, i, j, *q, h_max, radius)
+        geoindex.near_places_python(python, *views, i, j, *q, h_max, radius)
         assert compiled == python

@@ -19,10 +19,10 @@
  *                                         (zherd/disk.py: length, CRC-32, kind, entry)
  *   make_record(origin, skew_ns, client_id, coords, time) -> the record an IAMAT makes
  *                                         (zherd/record.py: make and format_skew)
- *   near_rows(close, phi, lam, cos_phi, i, j, phi0, lam0, cos0, h_max)
- *       appends (h, row) to `close` for each row in [i, j) whose haversine h from the
- *       point is at most h_max (zherd/places/geoindex.py: GeoIndex.within's inner loop,
- *       the same expression in the same order, so the same floats)
+ *   near_places(close, phi, lam, cos_phi, ids, i, j, phi0, lam0, cos0, h_max, radius_km)
+ *       appends (km, geonameid, row) to `close` for each row in [i, j) within radius_km
+ *       of the point (zherd/places/geoindex.py: GeoIndex.within's inner loop, the same
+ *       expressions in the same order, so the same floats)
  *
  * The grammar (record.py's _LINE, fullmatch):
  *   origin SP skew SP client SP lat lon SP time
@@ -545,40 +545,48 @@ static PyObject *make_record(PyObject *module, PyObject *const *args, Py_ssize_t
  * it cannot see through, for the same bits as Python. */
 static double (*volatile libm_pow)(double, double) = pow;
 
-static PyObject *near_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 10 || !PyList_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "near_rows(close, phi, lam, cos_phi, i, j, phi0, lam0, cos0, h_max)");
+#define EARTH_RADIUS_KM 6371.0088 /* geoindex.EARTH_RADIUS_KM */
+
+static PyObject *near_places(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "near_places(close, phi, lam, cos_phi, ids, i, j, "
+                                         "phi0, lam0, cos0, h_max, radius_km)");
         return NULL;
     }
-    Py_ssize_t i = PyLong_AsSsize_t(args[4]), j = PyLong_AsSsize_t(args[5]);
-    double phi0 = PyFloat_AsDouble(args[6]), lam0 = PyFloat_AsDouble(args[7]);
-    double cos0 = PyFloat_AsDouble(args[8]), h_max = PyFloat_AsDouble(args[9]);
+    Py_ssize_t i = PyLong_AsSsize_t(args[5]), j = PyLong_AsSsize_t(args[6]);
+    double phi0 = PyFloat_AsDouble(args[7]), lam0 = PyFloat_AsDouble(args[8]);
+    double cos0 = PyFloat_AsDouble(args[9]), h_max = PyFloat_AsDouble(args[10]);
+    double radius_km = PyFloat_AsDouble(args[11]);
     if (PyErr_Occurred())
         return NULL;
-    Py_buffer views[3];
+    Py_buffer views[4]; /* phi, lam, cos_phi (float64), ids (uint32) */
     int got = 0;
-    for (; got < 3; got++)
+    for (; got < 4; got++)
         if (PyObject_GetBuffer(args[1 + got], &views[got], PyBUF_SIMPLE) < 0)
             goto done;
-    for (int k = 0; k < 3; k++) {
-        if (i < 0 || j < i || views[k].len < j * (Py_ssize_t)sizeof(double)) {
-            PyErr_SetString(PyExc_IndexError, "near_rows: rows out of range");
+    for (int k = 0; k < 4; k++) {
+        Py_ssize_t item = k < 3 ? (Py_ssize_t)sizeof(double) : 4;
+        if (i < 0 || j < i || views[k].len < j * item) {
+            PyErr_SetString(PyExc_IndexError, "near_places: rows out of range");
             goto done;
         }
     }
     const double *ps = views[0].buf, *ls = views[1].buf, *cs = views[2].buf;
+    const uint32_t *ids = views[3].buf;
     for (Py_ssize_t row = i; row < j; row++) {
         double h = libm_pow(sin((ps[row] - phi0) * 0.5), 2.0) +
                    cos0 * cs[row] * libm_pow(sin((ls[row] - lam0) * 0.5), 2.0);
-        if (h <= h_max) {
-            PyObject *hit = Py_BuildValue("(dn)", h, row);
-            if (hit == NULL || PyList_Append(args[0], hit) < 0) {
-                Py_XDECREF(hit);
-                goto done;
-            }
-            Py_DECREF(hit);
+        if (h > h_max)
+            continue;
+        double km = 2.0 * EARTH_RADIUS_KM * asin(sqrt(h < 1.0 ? h : 1.0)); /* h_to_km */
+        if (km > radius_km)
+            continue;
+        PyObject *hit = Py_BuildValue("(dkn)", km, (unsigned long)ids[row], row);
+        if (hit == NULL || PyList_Append(args[0], hit) < 0) {
+            Py_XDECREF(hit);
+            goto done;
         }
+        Py_DECREF(hit);
     }
 done:
     for (int k = 0; k < got; k++)
@@ -598,8 +606,8 @@ static PyMethodDef methods[] = {
      "(stored, head, invalid, reason)"},
     {"holds", (PyCFunction)(void (*)(void))holds, METH_FASTCALL,
      "holds(entries, record) -> whether the entry held for its client is that record"},
-    {"near_rows", (PyCFunction)(void (*)(void))near_rows, METH_FASTCALL,
-     "near_rows(close, phi, lam, cos_phi, i, j, phi0, lam0, cos0, h_max) -> None"},
+    {"near_places", (PyCFunction)(void (*)(void))near_places, METH_FASTCALL,
+     "near_places(close, phi, lam, cos_phi, ids, i, j, phi0, lam0, cos0, h_max, radius_km)"},
     {"make_record", (PyCFunction)(void (*)(void))make_record, METH_FASTCALL,
      "make_record(origin, skew_ns, client_id, coords, time) -> record"},
     {"frame_entries", (PyCFunction)(void (*)(void))frame_entries, METH_FASTCALL,

@@ -132,32 +132,36 @@ def haversine_h(
     return math.sin((phi2 - phi1) * 0.5) ** 2 + cos1 * cos2 * math.sin((lam2 - lam1) * 0.5) ** 2
 
 
-def near_rows_python(
-    close: list[tuple[float, int]],
+def near_places_python(
+    close: list[tuple[float, int, int]],
     ps: Any,
     ls: Any,
     cs: Any,
+    ids: Any,
     i: int,
     j: int,
     phi: float,
     lam: float,
     cos_q: float,
     h_max: float,
+    radius_km: float,
 ) -> None:
-    """Append (h, row) for each row in [i, j) within `h_max` of the point (phi, lam): the
-    inner loop of `GeoIndex.within` (zherd._speedups has it in C, with the same floats)."""
+    """Append (km, geonameid, row) for each row in [i, j) within `radius_km` of the point
+    (phi, lam): the inner loop of `GeoIndex.within`, a haversine under `h_max` first
+    (zherd._speedups has it in C, with the same floats)."""
     sin = math.sin
-    close += [
+    near = [
         (h, row)
         for row, p, la, c in zip(range(i, j), ps[i:j], ls[i:j], cs[i:j], strict=True)
         if (h := sin((p - phi) * 0.5) ** 2 + cos_q * c * sin((la - lam) * 0.5) ** 2) <= h_max
     ]
+    close += [(km, ids[row], row) for h, row in near if (km := h_to_km(h)) <= radius_km]
 
 
 try:
-    from zherd._speedups import near_rows
+    from zherd._speedups import near_places
 except ImportError:  # not built (no C compiler where it was installed)
-    near_rows = near_rows_python
+    near_places = near_places_python
 
 
 def h_to_km(h: float) -> float:
@@ -502,19 +506,18 @@ class GeoIndex:
                 if i < j:
                     yield i, j
 
-    def within(self, lat: float, lon: float, radius_km: float) -> list[Hit]:
-        """Every place within `radius_km` (great-circle, `distance_km`), unordered."""
+    def within(self, lat: float, lon: float, radius_km: float) -> list[tuple[float, int, int]]:
+        """Every place within `radius_km` (great-circle, `distance_km`), unordered, as the
+        fields of its `Hit` (made only for the few `nearest` returns)."""
         phi, lam = math.radians(lat), math.radians(lon)
         cos_q, sin = math.cos(phi), math.sin
         # Haversine threshold with a hair of slack; the exact test is on kilometres below.
         h_max = sin(min(radius_km / EARTH_RADIUS_KM, math.pi) * 0.5) ** 2 * (1 + 1e-9) + 1e-18
-        ps, ls, cs = self._phi, self._lam, self._cos
-        close: list[tuple[float, int]] = []
+        ps, ls, cs, ids = self._phi, self._lam, self._cos, self._ids
+        close: list[tuple[float, int, int]] = []
         for i, j in self.row_ranges(search_box(lat, lon, radius_km)):
-            near_rows(close, ps, ls, cs, i, j, phi, lam, cos_q, h_max)
-        ids = self._ids
-        hits = (Hit(h_to_km(h), ids[row], row) for h, row in close)
-        return [hit for hit in hits if hit.km <= radius_km]
+            near_places(close, ps, ls, cs, ids, i, j, phi, lam, cos_q, h_max, radius_km)
+        return close
 
     def nearest(self, lat: float, lon: float, radius_km: float, count: int) -> list[Hit]:
         """The `count` nearest places within `radius_km`, by (distance, geonameid).
@@ -527,7 +530,7 @@ class GeoIndex:
             hits = self.within(lat, lon, radius)
             if len(hits) >= count:
                 break
-        return heapq.nsmallest(count, hits)
+        return [Hit(*hit) for hit in heapq.nsmallest(count, hits)]
 
 
 # -- opening, building when needed ---------------------------------------------------------------
