@@ -16,6 +16,8 @@ setup(
         Extension(
             f"{package}._speedups",
             [f"{package}/_speedups.c"],
+            include_dirs=["csrc"],  # the grammar both share (csrc/grammar.h)
+            depends=["csrc/grammar.h"],
             libraries=[] if sys.platform == "win32" else ["m"],
             optional=True,
         )

@@ -33,15 +33,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "grammar.h"
+
 static PyObject *NOT_BYTES, *NOT_A_RECORD, *BAD_ORIGIN, *ID_TOO_LONG, *NOT_UTF8, *OUT_OF_RANGE,
     *IN_FUTURE;
-
-static int is_space(unsigned char c) {
-    /* what \s is in a bytes pattern, and what bytes.split() cuts on */
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-
-static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 /* A run of non-whitespace at p[*i], then one space; its end (exclusive), or -1. */
 static Py_ssize_t token(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i) {
@@ -59,39 +54,6 @@ static Py_ssize_t digits(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i) {
     while (*i < n && is_digit(p[*i]))
         (*i)++;
     return *i - start;
-}
-
-/* A coordinate [+-] digits ["." digits] at p[*i]: whether it is one, and whether
- * |value| <= limit, decided exactly on the digits (no float, no rounding). */
-static int coordinate(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i, int limit,
-                      int *within) {
-    if (*i >= n || (p[*i] != '+' && p[*i] != '-'))
-        return 0;
-    (*i)++;
-    Py_ssize_t whole_at = *i, whole = digits(p, n, i);
-    if (whole == 0)
-        return 0;
-    int fraction_zero = 1;
-    if (*i < n && p[*i] == '.' && *i + 1 < n && is_digit(p[*i + 1])) {
-        (*i)++;
-        Py_ssize_t frac_at = *i, frac = digits(p, n, i);
-        for (Py_ssize_t k = 0; k < frac; k++)
-            if (p[frac_at + k] != '0')
-                fraction_zero = 0;
-    }
-    while (whole > 1 && p[whole_at] == '0') { /* leading zeros */
-        whole_at++;
-        whole--;
-    }
-    if (whole > 3) {
-        *within = 0;
-        return 1;
-    }
-    int value = 0;
-    for (Py_ssize_t k = 0; k < whole; k++)
-        value = value * 10 + (p[whole_at + k] - '0');
-    *within = value < limit || (value == limit && fraction_zero);
-    return 1;
 }
 
 static PyObject *reason(PyObject *why) {
