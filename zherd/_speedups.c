@@ -200,7 +200,7 @@ static long long get_le_signed(const unsigned char *at) {
 }
 
 static PyObject *put(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
+    if (nargs != 7 && nargs != 8) { /* 8: `apply` says what is held (None: nothing) */
         PyErr_SetString(PyExc_TypeError,
                         "put(entries, client_id, time_ns, origin, record, via, seq)");
         return NULL;
@@ -222,9 +222,12 @@ static PyObject *put(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
         PyErr_SetString(PyExc_ValueError, "put: via is a byte");
         return NULL;
     }
-    PyObject *old = PyDict_GetItemWithError(entries, client_id); /* borrowed */
-    if (old == NULL && PyErr_Occurred())
+    PyObject *old; /* borrowed */
+    if (nargs == 8) {
+        old = args[7] == Py_None ? NULL : args[7];
+    } else if ((old = PyDict_GetItemWithError(entries, client_id)) == NULL && PyErr_Occurred()) {
         return NULL;
+    }
     if (old != NULL) {
         if (!PyBytes_CheckExact(old) || PyBytes_GET_SIZE(old) < HEADER_SIZE) {
             PyErr_SetString(PyExc_ValueError, "put: a held entry is not an entry");
@@ -267,38 +270,47 @@ static PyObject *put(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     return entry;
 }
 
+/* A record's client id: its third field, as record.client_of cuts it (a new reference);
+ * NULL, with no error set, when it is no bytes or has no third field. */
+static PyObject *client_of(PyObject *record) {
+    if (!PyBytes_Check(record))
+        return NULL;
+    const char *p = PyBytes_AS_STRING(record);
+    Py_ssize_t n = PyBytes_GET_SIZE(record);
+    const char *first = memchr(p, ' ', n);
+    const char *second = first ? memchr(first + 1, ' ', n - (first + 1 - p)) : NULL;
+    if (second == NULL)
+        return NULL;
+    const char *start = second + 1;
+    const char *third = memchr(start, ' ', n - (start - p));
+    return PyBytes_FromStringAndSize(start, (third ? third : p + n) - start);
+}
+
+/* Whether `entry` (borrowed, maybe NULL) is what the store holds for exactly `record`. */
+static int is_entry_of(PyObject *entry, PyObject *record) {
+    if (entry == NULL || !PyBytes_Check(entry) || !PyBytes_Check(record))
+        return 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(record);
+    return PyBytes_GET_SIZE(entry) == HEADER_SIZE + n &&
+           memcmp(PyBytes_AS_STRING(entry) + HEADER_SIZE, PyBytes_AS_STRING(record), n) == 0;
+}
+
 static PyObject *holds(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyDict_CheckExact(args[0])) {
         PyErr_SetString(PyExc_TypeError, "holds(entries, record)");
         return NULL;
     }
-    PyObject *record = args[1];
-    if (!PyBytes_Check(record))
-        Py_RETURN_FALSE; /* not a record: validation says why */
-    const char *p = PyBytes_AS_STRING(record);
-    Py_ssize_t n = PyBytes_GET_SIZE(record);
-    /* the client id: the third field (record.client_of: split(b" ", 3)[2]) */
-    const char *first = memchr(p, ' ', n);
-    const char *second = first ? memchr(first + 1, ' ', n - (first + 1 - p)) : NULL;
-    if (second == NULL)
-        Py_RETURN_FALSE;
-    const char *start = second + 1;
-    const char *third = memchr(start, ' ', n - (start - p));
-    Py_ssize_t len = (third ? third : p + n) - start;
-    PyObject *client_id = PyBytes_FromStringAndSize(start, len);
-    if (client_id == NULL)
-        return NULL;
-    PyObject *entry = PyDict_GetItemWithError(args[0], client_id); /* borrowed */
-    Py_DECREF(client_id);
-    if (entry == NULL) {
+    PyObject *client_id = client_of(args[1]);
+    if (client_id == NULL) {
         if (PyErr_Occurred())
             return NULL;
-        Py_RETURN_FALSE;
+        Py_RETURN_FALSE; /* not a record: validation says why */
     }
-    if (PyBytes_Check(entry) && PyBytes_GET_SIZE(entry) == HEADER_SIZE + n &&
-        memcmp(PyBytes_AS_STRING(entry) + HEADER_SIZE, p, n) == 0)
-        Py_RETURN_TRUE;
-    Py_RETURN_FALSE;
+    PyObject *entry = PyDict_GetItemWithError(args[0], client_id); /* borrowed */
+    Py_DECREF(client_id);
+    if (entry == NULL && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(is_entry_of(entry, args[1]));
 }
 
 static PyObject *apply(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -317,12 +329,14 @@ static PyObject *apply(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     long invalid = 0;
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(records); k++) {
         PyObject *line = PyTuple_GET_ITEM(records, k);
-        PyObject *check_args[2] = {entries, line};
-        PyObject *held = holds(module, check_args, 2);
-        if (held == NULL)
+        PyObject *client_id = client_of(line), *old = NULL; /* one lookup: holds, then put */
+        if (client_id != NULL) {
+            old = PyDict_GetItemWithError(entries, client_id); /* borrowed: the dict keeps it */
+            Py_DECREF(client_id);
+        }
+        if (PyErr_Occurred())
             goto error;
-        Py_DECREF(held);
-        if (held == Py_True)
+        if (is_entry_of(old, line))
             continue; /* a copy by another path */
         PyObject *parse_args[4] = {line, args[2], args[3], args[4]};
         PyObject *fields = parse_record(module, parse_args, 4);
@@ -341,9 +355,10 @@ static PyObject *apply(PyObject *module, PyObject *const *args, Py_ssize_t nargs
             Py_DECREF(fields);
             goto error;
         }
-        PyObject *put_args[7] = {entries, PyTuple_GET_ITEM(fields, 0), PyTuple_GET_ITEM(fields, 2),
-                                 PyTuple_GET_ITEM(fields, 1), line, via, seq};
-        PyObject *entry = put(module, put_args, 7);
+        /* a valid record's client id is its third field: `old` is what is held for it */
+        PyObject *put_args[8] = {entries, PyTuple_GET_ITEM(fields, 0), PyTuple_GET_ITEM(fields, 2),
+                                 PyTuple_GET_ITEM(fields, 1), line, via, seq, old ? old : Py_None};
+        PyObject *entry = put(module, put_args, 8);
         Py_DECREF(seq);
         Py_DECREF(fields);
         if (entry == NULL)
