@@ -1,6 +1,6 @@
 """A million clients on two linked servers: memory, ingest, restarts, catch-up, GC pauses.
 
-    python -m bench.scale [--quick] [--sizes 1000,10000,100000,1000000] [--probe 20000]
+    python -m bench.scale [--quick] [--sizes 1000,10000,100000,1000000] [--probe 100000]
         [--missed 1000] [--conns 8] [--window 256] [--out DIR]
 
 Two `zherd serve` processes, A - B, storage on (the shipped fsync policy). Every
@@ -10,7 +10,8 @@ client id is scrambled (`bench.lines`), so nothing is stored in key order.
    distinct clients (B gets every update by flooding); at each size --probe IAMATs
    move existing clients. Figures per size: fill rate (updates B has applied per
    second of wall time), cpu microseconds per update (A + B) during the probe: the
-   cost of an update against the size of the store.
+   cost of an update against the size of the store. (The kernel counts cpu time in
+   10 ms ticks: a probe takes some 100 of them, so a tick is ~1% of the figure.)
 2. Memory: RSS (and USS) of each server at the largest size.
 3. Restart from storage: SIGKILL B, --missed new clients at A, restart B: seconds
    from exec to accepting clients, to a loaded store (healthy), to holding what it
@@ -46,7 +47,7 @@ SETTLE = 600.0  # seconds a phase may take to reach B, at most
 
 def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=script.numbers, default="1000,10000,100000,1000000")
-    p.add_argument("--probe", type=int, default=20_000, help="moves measured at each size")
+    p.add_argument("--probe", type=int, default=100_000, help="moves measured at each size")
     p.add_argument("--missed", type=int, default=1000, help="new clients while B is down")
     p.add_argument("--conns", type=int, default=8)
     p.add_argument("--window", type=int, default=256, help="lines in flight per connection")
