@@ -75,10 +75,12 @@ class Journal:
         """A batch of one client connection: each line in, each reply out. Kept as it
         is until `write`, which formats every client batch of the turn in one pass (a
         request/response turn is fifty batches of a line each)."""
+        lines = len(received) + sent.count(b"\n")
         if self._bytes > self.max_bytes:
-            self._left_out += len(received) + sent.count(b"\n")
+            self._left_out += lines
             return
-        self._bytes += sum(map(len, received)) + len(sent) + CLIENT_HEAD * (len(received) + 1)
+        size = sum(map(len, received)) + len(sent)  # at most MAX_LOGGED a line is shown
+        self._bytes += min(size, logs.MAX_LOGGED * lines) + CLIENT_HEAD * lines
         self._events.append((peer, received, sent))
         self._batches += 1
 
