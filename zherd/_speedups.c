@@ -11,10 +11,10 @@
  *       -> (client_id, origin, time_ns), or the reason (a str) it is not a record
  *   put(entries, client_id, time_ns, origin, record, via, seq)  (zherd/locations.py)
  *       -> the new entry stored under client_id, or None if what is held is as new
- *   holds(entries, record) -> whether the entry held for its client is that record
  *   apply(entries, records, origins, latest_ns, max_id, via, head)   (zherd/locations.py)
  *       -> (entries stored, new head, records invalid, the first one's reason): a
- *          neighbor's message, each record passed through holds, parse_record and put
+ *          neighbor's message, each record dropped if it is what is held (a copy by
+ *          another path), else passed through parse_record and put
  *   frame_entries(entries, seed, kind) -> the disk frames of entries, joined
  *                                         (zherd/disk.py: length, CRC-32, kind, entry)
  *   make_record(origin, skew_ns, client_id, coords, time) -> the record an IAMAT makes
@@ -295,24 +295,6 @@ static int is_entry_of(PyObject *entry, PyObject *record) {
            memcmp(PyBytes_AS_STRING(entry) + HEADER_SIZE, PyBytes_AS_STRING(record), n) == 0;
 }
 
-static PyObject *holds(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyDict_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "holds(entries, record)");
-        return NULL;
-    }
-    PyObject *client_id = client_of(args[1]);
-    if (client_id == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_FALSE; /* not a record: validation says why */
-    }
-    PyObject *entry = PyDict_GetItemWithError(args[0], client_id); /* borrowed */
-    Py_DECREF(client_id);
-    if (entry == NULL && PyErr_Occurred())
-        return NULL;
-    return PyBool_FromLong(is_entry_of(entry, args[1]));
-}
-
 static PyObject *apply(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7 || !PyDict_CheckExact(args[0]) || !PyTuple_CheckExact(args[1])) {
         PyErr_SetString(PyExc_TypeError,
@@ -581,8 +563,6 @@ static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
      "apply(entries, records, origins, latest_ns, max_id, via, head) -> "
      "(stored, head, invalid, reason)"},
-    {"holds", (PyCFunction)(void (*)(void))holds, METH_FASTCALL,
-     "holds(entries, record) -> whether the entry held for its client is that record"},
     {"near_places", (PyCFunction)(void (*)(void))near_places, METH_FASTCALL,
      "near_places(close, phi, lam, cos_phi, ids, i, j, phi0, lam0, cos0, h_max, radius_km)"},
     {"make_record", (PyCFunction)(void (*)(void))make_record, METH_FASTCALL,

@@ -68,8 +68,9 @@ def store_put_python(
     return entry
 
 
-def store_holds_python(entries: dict[bytes, bytes], record: object) -> bool:
-    """`Locations.holds` on its dict (zherd._speedups has the same in C)."""
+def _holds(entries: dict[bytes, bytes], record: object) -> bool:
+    """Whether a flooded record is exactly what we hold: cyclic topologies deliver most
+    updates twice, and this drops the copy for the price of a lookup, unchecked."""
     try:
         entry = entries.get(client_of(record))  # type: ignore[arg-type]
     except (IndexError, TypeError, AttributeError):  # not a record: validation says why
@@ -91,7 +92,7 @@ def store_apply_python(
     stored: list[bytes] = []
     invalid, reason = 0, ""
     for line in records:
-        if store_holds_python(entries, line):  # a copy by another path
+        if _holds(entries, line):  # a copy by another path
             continue
         fields = parse_record_python(line, origins, latest_ns, max_id)
         if type(fields) is str:
@@ -108,10 +109,9 @@ def store_apply_python(
 
 try:
     from zherd._speedups import apply as store_apply
-    from zherd._speedups import holds as store_holds
     from zherd._speedups import put as store_put
 except ImportError:  # not built (no C compiler where it was installed)
-    store_apply, store_holds, store_put = store_apply_python, store_holds_python, store_put_python
+    store_apply, store_put = store_apply_python, store_put_python
 
 
 class Locations:
@@ -130,14 +130,6 @@ class Locations:
         """The record held for a client."""
         entry = self._entries.get(client_id)
         return None if entry is None else entry[RECORD]
-
-    def holds(self, record: bytes) -> bool:
-        """Whether a flooded record is exactly what we hold.
-
-        Cyclic topologies deliver most updates twice; this lets a receiver drop the
-        copy for the price of a lookup instead of validating it first.
-        """
-        return store_holds(self._entries, record)
 
     def put(
         self, client_id: bytes, time_ns: int, origin: bytes, record: bytes, via: int
