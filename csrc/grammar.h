@@ -1,4 +1,4 @@
-/* The number grammar both compiled modules read (gateway/_speedups.c, zherd/_speedups.c):
+/* The grammar both compiled modules read (gateway/_speedups.c, zherd/_speedups.c):
  * the client line and the herd record share it, as gateway/protocol.py and zherd/record.py
  * each spell it in Python. A header, so that neither package needs the other at run time.
  */
@@ -49,6 +49,68 @@ static inline int coordinate(const unsigned char *p, Py_ssize_t end, Py_ssize_t 
     for (Py_ssize_t k = 0; k < whole; k++)
         value = value * 10 + (p[whole_at + k] - '0');
     *within = value < limit || (value == limit && fraction_zero);
+    return 1;
+}
+
+/* A time: where its digits are in the bytes. */
+typedef struct {
+    int negative;
+    Py_ssize_t whole_at, whole; /* the whole seconds' digits */
+    Py_ssize_t frac_at, frac;   /* the fraction's (none: frac == 0) */
+} Time;
+
+/* Whether p[i, end) is exactly a time: [+-]? 1-20 digits ["." 1-9 digits]. */
+static inline int time_field(const unsigned char *p, Py_ssize_t i, Py_ssize_t end, Time *t) {
+    t->negative = 0;
+    if (i < end && (p[i] == '+' || p[i] == '-'))
+        t->negative = p[i++] == '-';
+    t->whole_at = i;
+    while (i < end && is_digit(p[i]))
+        i++;
+    t->whole = i - t->whole_at;
+    t->frac_at = t->frac = 0;
+    if (t->whole == 0 || t->whole > 20)
+        return 0;
+    if (i < end && p[i] == '.') {
+        t->frac_at = ++i;
+        while (i < end && is_digit(p[i]))
+            i++;
+        t->frac = i - t->frac_at;
+        if (t->frac == 0 || t->frac > 9)
+            return 0;
+    }
+    return i == end;
+}
+
+/* A time's nanoseconds: the whole seconds' digits, then the fraction's padded to 9, as a
+ * Python int (it may pass int64). A new reference, or NULL with Python's error set. */
+static inline PyObject *time_ns(const unsigned char *p, const Time *t) {
+    char digits[32];
+    memcpy(digits, p + t->whole_at, t->whole);
+    memcpy(digits + t->whole, p + t->frac_at, t->frac);
+    memset(digits + t->whole + t->frac, '0', 9 - t->frac);
+    digits[t->whole + 9] = '\0';
+    PyObject *ns = PyLong_FromString(digits, NULL, 10);
+    if (ns == NULL || !t->negative)
+        return ns;
+    PyObject *negated = PyNumber_Negative(ns);
+    Py_DECREF(ns);
+    return negated;
+}
+
+/* Whether p[0, len) is UTF-8, as every IAMAT's client id is (ASCII is decided at once). */
+static inline int is_utf8(const unsigned char *p, Py_ssize_t len) {
+    for (Py_ssize_t k = 0; k < len; k++) {
+        if (p[k] >= 0x80) {
+            PyObject *text = PyUnicode_DecodeUTF8((const char *)p, len, NULL);
+            if (text == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(text);
+            return 1;
+        }
+    }
     return 1;
 }
 

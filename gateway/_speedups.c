@@ -72,91 +72,32 @@ static PyObject *parse_iamat(PyObject *module, PyObject *const *args, Py_ssize_t
         Py_RETURN_NONE;
 
     Py_ssize_t id_len = end[1] - at[1];
-    if (id_len > max_id)
+    if (id_len > max_id || !is_utf8(p + at[1], id_len))
         Py_RETURN_NONE;
-    for (Py_ssize_t k = at[1]; k < end[1]; k++) {
-        if (p[k] >= 0x80) {
-            PyObject *text = PyUnicode_DecodeUTF8((const char *)p + at[1], id_len, NULL);
-            if (text == NULL) {
-                PyErr_Clear();
-                Py_RETURN_NONE;
-            }
-            Py_DECREF(text);
-            break;
-        }
-    }
 
-    Py_ssize_t c = at[2], lat_end, lon_at;
+    Py_ssize_t c = at[2], lat_end;
     int lat_within, lon_within;
     if (!coordinate(p, end[2], &c, 90, &lat_within))
         Py_RETURN_NONE;
-    lat_end = lon_at = c;
+    lat_end = c; /* where the longitude starts */
     if (!coordinate(p, end[2], &c, 180, &lon_within) || c != end[2] || !lat_within ||
         !lon_within)
         Py_RETURN_NONE;
-
-    Py_ssize_t t = at[3];
-    int negative = 0;
-    if (t < end[3] && (p[t] == '+' || p[t] == '-'))
-        negative = p[t++] == '-';
-    Py_ssize_t whole_at = t;
-    while (t < end[3] && is_digit(p[t]))
-        t++;
-    Py_ssize_t whole = t - whole_at, frac_at = 0, frac = 0;
-    if (whole == 0 || whole > 20)
-        Py_RETURN_NONE;
-    if (t < end[3] && p[t] == '.') {
-        frac_at = ++t;
-        while (t < end[3] && is_digit(p[t]))
-            t++;
-        frac = t - frac_at;
-        if (frac == 0 || frac > 9)
-            Py_RETURN_NONE;
-    }
-    if (t != end[3])
+    Time time;
+    if (!time_field(p, at[3], end[3], &time))
         Py_RETURN_NONE;
 
-    char ns_digits[32];
-    memcpy(ns_digits, p + whole_at, whole);
-    memcpy(ns_digits + whole, p + frac_at, frac);
-    memset(ns_digits + whole + frac, '0', 9 - frac);
-    ns_digits[whole + 9] = '\0';
-
-    double lat = to_double(p, at[2] + 0, lat_end), lon = to_double(p, lon_at, end[2]);
+    double lat = to_double(p, at[2], lat_end), lon = to_double(p, lat_end, end[2]);
     if (PyErr_Occurred())
         return NULL;
-    PyObject *fields = PyTuple_New(6);
+    /* "N" hands the references over, even on failure */
+    PyObject *fields = Py_BuildValue(
+        "(NNNNdd)", PyBytes_FromStringAndSize((const char *)p + at[1], id_len),
+        PyBytes_FromStringAndSize((const char *)p + at[2], end[2] - at[2]),
+        PyBytes_FromStringAndSize((const char *)p + at[3], end[3] - at[3]), time_ns(p, &time),
+        lat, lon);
     if (fields == NULL)
         return NULL;
-    PyObject *items[6] = {
-        PyBytes_FromStringAndSize((const char *)p + at[1], id_len),
-        PyBytes_FromStringAndSize((const char *)p + at[2], end[2] - at[2]),
-        PyBytes_FromStringAndSize((const char *)p + at[3], end[3] - at[3]),
-        PyLong_FromString(ns_digits, NULL, 10),
-        PyFloat_FromDouble(lat),
-        PyFloat_FromDouble(lon),
-    };
-    for (int k = 0; k < 6; k++) {
-        if (items[k] == NULL) {
-            for (int j = 0; j < 6; j++)
-                Py_XDECREF(items[j]);
-            Py_DECREF(fields);
-            return NULL;
-        }
-    }
-    if (negative) {
-        PyObject *negated = PyNumber_Negative(items[3]);
-        Py_DECREF(items[3]);
-        items[3] = negated;
-        if (negated == NULL) {
-            for (int j = 0; j < 6; j++)
-                Py_XDECREF(items[j]);
-            Py_DECREF(fields);
-            return NULL;
-        }
-    }
-    for (int k = 0; k < 6; k++)
-        PyTuple_SET_ITEM(fields, k, items[k]);
     /* IAmAt(*fields) without its Python-level __new__: tuple.__new__(IAmAt, fields) */
     PyObject *call_args = PyTuple_Pack(1, fields);
     Py_DECREF(fields);

@@ -41,6 +41,7 @@ ENTRY, META = 1, 2  # frame kinds: a `locations` entry; the stream positions (ms
 MAX_FRAME = 1 << 24
 Fsync = Literal["always", "everysec", "no"]
 COMPACT_MIN = 64 << 20  # bytes of log before a compaction is worth it
+SNAPSHOT_BATCH = 4096  # entries framed and written at once by a snapshot
 
 
 class StorageError(RuntimeError):
@@ -348,14 +349,11 @@ class Disk:
     def _snapshot(self, entries: Sequence[bytes], meta: Meta) -> None:
         tmp = self.snapshot_path.with_name(self.snapshot_path.name + ".tmp")
         with open(tmp, "wb") as f:
-            batch: list[bytes] = []
-            for entry in entries:
-                batch.append(frame(ENTRY, entry))
-                if len(batch) >= 4096:
-                    f.write(b"".join(batch))
-                    batch.clear()
-            batch.append(frame(META, meta.pack()))
-            f.write(b"".join(batch))
+            entries = list(entries)
+            for start in range(0, len(entries), SNAPSHOT_BATCH):
+                batch = entries[start : start + SNAPSHOT_BATCH]
+                f.write(frame_entries(batch, _SEEDS[ENTRY], ENTRY))
+            f.write(frame(META, meta.pack()))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.snapshot_path)

@@ -17,6 +17,8 @@ from zherd import logs
 
 MAX_TURN_BYTES = 4 << 20
 PLACES_SHOWN = 400  # bytes of a WHATSAT's places JSON shown in its one log line
+CLIENT_HEAD = 32  # characters of `client <peer> -> ` a line, counted against max_bytes
+PEERS_KEPT = 4096  # connections whose heads (`client <peer> <- `) are kept made
 
 
 Batch = tuple[str, Sequence[bytes], bytes]  # a client's: peer, lines received, bytes sent
@@ -54,11 +56,14 @@ class Journal:
     def __bool__(self) -> bool:
         return bool(self._events or self._left_out)
 
-    def _head(self, head: str) -> bytes:
-        """The prefix of this turn's lines, then `head`."""
+    def _turn_prefix(self) -> bytes:
+        """The prefix of this turn's lines: time, server, level."""
         if not self._prefix:
             self._prefix = logs.prefix(self.server, "INFO").encode()
-        return self._prefix + head.encode("utf-8", "backslashreplace")
+        return self._prefix
+
+    def _head(self, head: str) -> bytes:
+        return self._turn_prefix() + head.encode("utf-8", "backslashreplace")
 
     def add(self, event: str) -> None:
         """One event, escaped already (`logs.escape`)."""
@@ -67,7 +72,7 @@ class Journal:
             return
         line = self._head(event)
         if b"\n" in line:  # every line of the file starts with the prefix
-            line = line.replace(b"\n", b"\n" + self._prefix)
+            line = line.replace(b"\n", b"\n" + self._turn_prefix())
         self._bytes += len(event)  # the prefixes are not counted: they are bounded by lines
         self._events.append(line)
 
@@ -125,9 +130,7 @@ class Journal:
                 lines += received
                 lines += out
         texts = _shown_lines(lines).split(b"\n") if lines else []
-        if not self._prefix:
-            self._head("")
-        prefix, formatted = self._prefix, []
+        prefix, formatted = self._turn_prefix(), []
         at = batch = 0
         for event in events:
             if type(event) is not tuple:
@@ -156,10 +159,6 @@ class Journal:
 
     def warn(self, events: Sequence[str]) -> None:
         logs.write(self.server, "WARNING", events)
-
-
-CLIENT_HEAD = 32  # characters of `client <peer> -> ` a line, counted against max_bytes
-PEERS_KEPT = 4096
 
 
 def _replies(sent: bytes) -> list[bytes]:

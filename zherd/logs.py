@@ -161,11 +161,6 @@ def write(server: str, level: str, events: Sequence[str]) -> None:
         logger.bind(raw=text).log(level, text.rstrip("\n"))
 
 
-def info_enabled() -> bool:
-    """Whether INFO lines reach the file (the journal skips its work when they do not)."""
-    return _file is not None and _file_level <= INFO
-
-
 def write_info(record: bytes) -> None:
     """A journal's INFO record, its lines prefixed already: straight to the file."""
     if _file is not None and _file_level <= INFO:

@@ -126,9 +126,7 @@ def parse_record_python(
         return "client id too long"
     if not client_id.isascii() and not _utf8(client_id):
         return "client id is not UTF-8"  # no IAMAT can carry it
-    if not (-90.0 < float(lat) < 90.0 and -180.0 < float(lon) < 180.0) and not (
-        within(lat, 90) and within(lon, 180)  # on a limit, or past it: exactly
-    ):
+    if not (within(lat, 90) and within(lon, 180)):
         return "coordinates out of range"
     time_ns = nanoseconds(sign, whole, frac)
     if time_ns > latest_ns:

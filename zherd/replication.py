@@ -124,7 +124,7 @@ class Inbound:
 
 @dataclass(frozen=True)
 class Rules:
-    """What a neighbor's record must satisfy (see `record.check`)."""
+    """What a neighbor's record must satisfy (see `record.parse_record`)."""
 
     origins: frozenset[bytes]
     max_future_ns: int

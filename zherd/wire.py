@@ -36,7 +36,7 @@ class Updates:
     epoch: int
     first: int
     last: int
-    records: tuple[bytes, ...]  # checked one by one on arrival: record.check
+    records: tuple[bytes, ...]  # checked one by one on arrival: Locations.apply
     bulk: bool = False  # part of a catch-up (logged as a range), not the live flow
 
 
