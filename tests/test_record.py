@@ -46,12 +46,13 @@ def checked(line: object) -> Valid | Rejected:
 
 
 def test_the_compiled_check_is_built_wherever_it_can_be(implementation: str) -> None:
-    """pip builds zherd._speedups when a C compiler and the Python headers are there
-    (CI's machine has both): a build that failed there must not pass unnoticed."""
+    """pip builds zherd._speedups and gateway._speedups when a C compiler and the Python
+    headers are there (CI's machine has both): a build that failed must not pass unnoticed."""
     headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
     if implementation == "compiled" or not (headers and shutil.which("cc")):
         return
-    import zherd._speedups  # noqa: F401  (raises if it was not built)
+    import gateway._speedups  # noqa: F401  (raises if it was not built)
+    import zherd._speedups  # noqa: F401
 
 
 def rec(
